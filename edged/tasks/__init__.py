@@ -1,0 +1,1 @@
+"""Tasks: family-aware pre-processing, run and post-processing around pooled sessions."""

@@ -1,0 +1,104 @@
+"""Config: sources in order, every invalid input -> exit 2 naming the field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edged.cli import main
+from edged.config import load_settings
+from edged.errors import ConfigError
+
+
+def _edged(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edged", *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def test_version_and_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check"]) == 0
+    assert "config ok" in capsys.readouterr().out
+    proc = _edged("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("edged ")
+
+
+def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(
+        'threads = 1\nlog_level = "warning"\nmemory_budget = "1.2G"\n[zmq]\nmax_queue = 7\n'
+    )
+    s = load_settings(cfg)
+    assert (s.threads, s.log_level, s.memory_budget, s.zmq.max_queue) == (
+        1,
+        "warning",
+        1_200_000_000,
+        7,
+    )
+    monkeypatch.setenv("EDGED_THREADS", "2")
+    monkeypatch.setenv("EDGED_ZMQ__MAX_QUEUE", "9")
+    s = load_settings(cfg)
+    assert (s.threads, s.zmq.max_queue) == (2, 9)
+    s = load_settings(cfg, {"threads": 3})
+    assert s.threads == 3
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "got"),
+    [
+        ("bogus = 1\n", "bogus: unknown setting", "(got 1)"),
+        ('threads = "many"\n', "threads:", "(got 'many')"),
+        ('memory_budget = "lots"\n', "memory_budget:", "(got 'lots')"),
+        ('profile_dirs = ["/nonexistent/dir"]\n', "profile_dirs.0", "/nonexistent/dir"),
+        ("[zmq]\nmax_queue = -1\n", "zmq.max_queue:", "(got -1)"),
+        (
+            '[[streams]]\nname = "a b"\nsource = "x"\ntask = "segmentation"\n',
+            "streams.0.name",
+            "'a b'",
+        ),
+    ],
+)
+def test_invalid_config_exit_2_names_field(tmp_path: Path, toml: str, field: str, got: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    proc = _edged("config", "check", "--config", str(cfg))
+    assert proc.returncode == 2, proc.stderr
+    assert field in proc.stderr
+    assert got in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_error_listed_and_missing_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("bogus = 1\nthreads = 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert "bogus" in str(info.value)
+    assert "threads" in str(info.value)
+    proc = _edged("config", "check", "--config", str(tmp_path / "missing.toml"))
+    assert proc.returncode == 2
+    assert "file not found" in proc.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("threads = [\n")
+    assert _edged("config", "check", "--config", str(broken)).returncode == 2
+
+
+def test_show_json_is_effective_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text("threads = 2\n")
+    proc = _edged("config", "show", "--json", "--config", str(cfg), "--log-level", "debug")
+    data = json.loads(proc.stdout)
+    assert data["threads"] == 2
+    assert data["log_level"] == "debug"
+    assert data["zmq"]["max_frame_bytes"] > 0
+
+
+def test_systemd_directories_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("EDGED_STATE_DIR")
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "st"))
+    assert load_settings().state_dir == tmp_path / "st"
