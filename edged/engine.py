@@ -13,80 +13,84 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from edged.catalog import Catalog
 from edged.catalog_schema import ModelEntry
 from edged.config import Settings
-from edged.errors import BackendUnavailable, ModelLoadError, ModelNotFound
-from edged.runtime import config_for, open_session
-from edged.runtime.base import FORMAT_OF_RUNTIME, Session, split_backend
+from edged.errors import ModelNotFound
+from edged.loader import LoadedModel as LoadedModel  # noqa: PLC0414 - explicit re-export (mypy strict) for callers that import it from here
+from edged.loader import load_model
+from edged.pool import ModelPool
+from edged.profiles import ProfileChoice, choose
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
-
-DEFAULT_CHAIN = ["litert:xnnpack", "onnx:cpu", "openvino:cpu"]
-
-
-@dataclass
-class LoadedModel:
-    """A session plus what it is and why this backend was chosen."""
-
-    entry: ModelEntry
-    session: Session
-    backend: str
-    path: Path
-    reasons: list[str] = field(default_factory=list)
 
 
 class Engine:
     """Owns the catalogue and loaded models; safe to share between worker threads."""
 
-    def __init__(self, settings: Settings, *, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        catalog: Catalog | None = None,
+        profile: ProfileChoice | None = None,
+        pool: ModelPool[LoadedModel] | None = None,
+    ) -> None:
         self.settings = settings
-        self.catalog = catalog or Catalog.load(settings.catalog_dirs, settings.model_search_path)
-        self._cache: dict[tuple[str, str | None], LoadedModel] = {}
-        self._locks: dict[tuple[str, str | None], threading.Lock] = {}
-        self._guard = threading.Lock()
+        self.catalog = catalog or Catalog.from_settings(settings)
+        # Probing is cheap (a few small file reads) and its result never changes while we run.
+        self.profile = profile or choose(settings)
+        self.pool: ModelPool[LoadedModel] = pool or ModelPool.from_settings(
+            settings,
+            profile_budget=self.profile.profile.memory_budget,
+            cgroup_max=self.profile.hardware.cgroup_memory_max,
+        )
 
     def _chain(self, entry: ModelEntry, backend: str | None) -> list[str]:
-        return [backend] if backend else list(DEFAULT_CHAIN)
+        """A forced backend alone (no silent fallback), else the profile's chain for the task."""
+        return [backend] if backend else self.profile.backends(entry.task)
 
     def _load(self, entry: ModelEntry, backend: str | None) -> LoadedModel:
-        reasons: list[str] = []
-        for name in self._chain(entry, backend):
-            runtime, _ = split_backend(name)
-            files = [f for f in entry.files if f.format in FORMAT_OF_RUNTIME.get(runtime, ())]
-            path = next((p for f in files if (p := self.catalog.locate(f)) is not None), None)
-            if path is None:
-                reasons.append(f"{name}: no {'/'.join(FORMAT_OF_RUNTIME.get(runtime, ()))} file")
-                continue
-            try:
-                session = open_session(config_for(name, threads=self.settings.threads), path)
-            except (BackendUnavailable, ModelLoadError, ValueError) as exc:
-                reasons.append(f"{name}: {exc}")
-                continue
-            return LoadedModel(entry, session, name, path, reasons)
-        if not entry.files or all(self.catalog.locate(f) is None for f in entry.files):
-            raise ModelNotFound(
-                f"{entry.name}: no file found; run `edged models fetch {entry.name}`"
-            )
-        raise ModelLoadError(f"{entry.name}: no backend could load it: {'; '.join(reasons)}")
+        """Licence gate, file choice, verification, load and warm-up: see edged.loader."""
+        return load_model(
+            entry,
+            self.catalog,
+            self._chain(entry, backend),
+            threads=self.profile.threads(self.settings.threads),
+            precision=self.profile.profile.precision,
+            cache_dir=self.settings.cache_dir,
+            settings=self.settings,
+        )
 
     @contextmanager
     def acquire(self, model: str, *, backend: str | None = None) -> Iterator[LoadedModel]:
         """Hold a loaded model for the duration of the block (pinned against eviction)."""
-        key = (model, backend)
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            loaded = self._cache.get(key)
-            if loaded is None:
-                loaded = self._load(self.catalog.get(model), backend)
-                self._cache[key] = loaded
+        entry = self.catalog.get(model)
+        with self.pool.acquire(
+            model if backend is None else f"{model}@{backend}",
+            lambda: self._load(entry, backend),
+            estimate_bytes=self._size_hint(entry),
+            pinned=model in self.settings.pinned_models,
+        ) as loaded:
             yield loaded
+
+    def _size_hint(self, entry: ModelEntry) -> int | None:
+        """Largest local file of the model: the pool's guess until it has measured it."""
+        sizes = [p.stat().st_size for f in entry.files if (p := self.catalog.locate(f)) is not None]
+        return max(sizes) if sizes else None
+
+    def stats(self) -> dict[str, Any]:
+        """Pool figures (resident models, loads, evictions, hit rate) plus process memory."""
+        from edged.stats import process_memory
+
+        return {**self.pool.stats(), "process": process_memory()}
 
     def default_model(self, task: str) -> str:
         """The model a task uses when a request names none."""
+        preferred = self.profile.profile.models.get(task)
+        if preferred:
+            return preferred
         defaults = {
             "segmentation": "selfie_segmentation",
             "superres": "edged_sr_x2",
@@ -107,6 +111,4 @@ class Engine:
         return run_task(self, request, progress=progress, cancel=cancel)
 
     def close(self) -> None:
-        for loaded in self._cache.values():
-            loaded.session.close()
-        self._cache.clear()
+        self.pool.close()

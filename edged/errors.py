@@ -103,3 +103,10 @@ class Cancelled(EdgedError):
 
     exit_code = 13
     wire_code = "internal"
+
+
+class ServerUnavailable(EdgedError):
+    """A client got no reply in time: the daemon is down, overloaded, or refused our key."""
+
+    exit_code = 14
+    wire_code = "internal"

@@ -41,6 +41,12 @@ def configure_logging(
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    """A logger bound to a component name (``logger=pool``)."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(logger=name)
+    """A logger bound to a component name (``logger_name=pool``).
+
+    Stays a lazy proxy, so module-level loggers follow ``configure_logging`` even when it runs
+    after the import. (``.bind()`` here would freeze structlog's default config: stdout.
+    ``logger=`` collides with ``wrap_logger``'s own argument; ``logger_name`` is the other key
+    structlog's renderers show as the component.)
+    """
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(logger_name=name)
     return logger

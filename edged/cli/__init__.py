@@ -16,7 +16,7 @@ from edged import __version__
 from edged.errors import EdgedError
 
 # Explicit list: a sub-command that fails to import is a bug we want to see, not skip.
-SUBCOMMANDS = ("run", "profile", "models", "infer", "bench", "client", "config")
+SUBCOMMANDS = ("run", "profile", "models", "infer", "bench", "client", "config", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,18 +1,22 @@
-"""``edged bench``: not built yet (see the open issues)."""
+"""``edged bench SUITE``: benchmarks that prove the speed and memory targets.
+
+A thin root like ``edged.cli``: each suite is a module ``edged/bench/<suite>.py`` exposing
+``register(subparsers)`` that adds its parser and sets ``handler``. To add a suite, append its
+module name to ``SUITES`` (explicit, so a suite that fails to import is a visible bug).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 
-from edged.cli.common import add_common
-from edged.errors import EdgedError
+SUITES: tuple[str, ...] = ("memory", "generation")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("bench", help="(not built yet)")
-    add_common(parser)
-    parser.set_defaults(handler=_handler)
-
-
-def _handler(args: argparse.Namespace) -> int:
-    raise EdgedError("edged bench is not built yet")
+    parser = sub.add_parser(
+        "bench", help="run a benchmark suite", description="Benchmarks; one sub-command per suite."
+    )
+    suites = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    for name in SUITES:
+        importlib.import_module(f"edged.bench.{name}").register(suites)

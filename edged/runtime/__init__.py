@@ -1,30 +1,168 @@
 """Runtime backends, one file each, registered in an explicit table.
 
-``open_session(config, path)`` is the one factory; optional runtimes are imported only when
-a config of their kind is used.
+``config_for(backend, ...)`` turns a backend name (``onnx:cpu``, ``litert:xnnpack``,
+``openvino:cpu``) into that runtime's validated config; ``open_session(config, path, ...)``
+is the one factory. Optional runtimes are imported only when a config of their kind is
+opened, so importing this package costs nothing.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any
 
-from edged.runtime.base import Session, TensorSpec, split_backend
-from edged.runtime.onnx import OnnxConfig, OnnxSession
+from pydantic import Field, TypeAdapter, ValidationError
 
-RuntimeConfig = OnnxConfig
+from edged.errors import BackendUnavailable, ModelLoadError
+from edged.log import get_logger
+from edged.runtime.base import (
+    FORMAT_OF_RUNTIME,
+    Session,
+    TensorSpec,
+    one_line,
+    split_backend,
+    warmup_feeds,
+)
+from edged.runtime.litert import LiteRTConfig
+from edged.runtime.onnx import OnnxConfig
+from edged.runtime.openvino import OpenVINOConfig
+
+RuntimeConfig = Annotated[OnnxConfig | LiteRTConfig | OpenVINOConfig, Field(discriminator="kind")]
+"""Any backend's config; ``kind`` selects the class (``{"kind": "onnx", "provider": "qnn"}``)."""
+
+RUNTIME_CONFIG: TypeAdapter[OnnxConfig | LiteRTConfig | OpenVINOConfig] = TypeAdapter(RuntimeConfig)
+log = get_logger("runtime")
+
+BACKENDS: dict[str, tuple[str, ...]] = {
+    "onnx": ("cpu", "qnn", "openvino", "cuda"),
+    "litert": ("xnnpack", "cpu"),
+    "openvino": ("cpu", "gpu", "npu"),
+}
+"""Every backend name edged knows, runtime -> variants."""
 
 
-def config_for(backend: str, *, threads: int | None = None) -> RuntimeConfig:
-    """Backend name (``onnx:cpu``) -> that runtime's config with the given threads."""
+def _onnx(variant: str, threads: int | None, precision: str | None) -> dict[str, Any]:
+    return {"kind": "onnx", "provider": variant, "threads": threads, "precision": precision}
+
+
+def _litert(variant: str, threads: int | None, precision: str | None) -> dict[str, Any]:
+    return {"kind": "litert", "delegate": variant, "threads": threads}
+
+
+def _openvino(variant: str, threads: int | None, precision: str | None) -> dict[str, Any]:
+    return {
+        "kind": "openvino",
+        "device": variant.upper(),
+        "threads": threads,
+        "precision": precision,
+    }
+
+
+_CONFIG_BUILDERS: dict[str, Callable[[str, int | None, str | None], dict[str, Any]]] = {
+    "onnx": _onnx,
+    "litert": _litert,
+    "openvino": _openvino,
+}
+
+
+def config_for(
+    backend: str, *, threads: int | None = None, precision: str | None = None
+) -> OnnxConfig | LiteRTConfig | OpenVINOConfig:
+    """Backend name -> that runtime's config. Unknown names are ``BackendUnavailable``."""
     runtime, variant = split_backend(backend)
-    if runtime == "onnx":
-        return OnnxConfig.model_validate({"provider": variant, "threads": threads})
-    raise ValueError(f"unknown backend {backend!r}")
+    if variant not in BACKENDS.get(runtime, ()):
+        known = ", ".join(f"{r}:{v}" for r, vs in BACKENDS.items() for v in vs)
+        raise BackendUnavailable(f"unknown backend {backend!r}; known backends: {known}")
+    try:
+        return RUNTIME_CONFIG.validate_python(
+            _CONFIG_BUILDERS[runtime](variant, threads, precision)
+        )
+    except ValidationError as exc:
+        raise BackendUnavailable(f"{backend}: invalid options: {one_line(exc)}") from exc
 
 
-def open_session(config: RuntimeConfig, path: Path) -> Session:
-    """Load ``path`` with the runtime ``config`` names."""
-    return OnnxSession(path, config)
+def _construct(
+    config: OnnxConfig | LiteRTConfig | OpenVINOConfig,
+    path: Path,
+    cache_dir: Path | None,
+    sha256: str | None,
+) -> Session:
+    # Imports stay here: each backend module imports its runtime only inside its session.
+    if isinstance(config, OnnxConfig):
+        from edged.runtime.onnx import OnnxSession
+
+        return OnnxSession.load(path, config, cache_dir=cache_dir, sha256=sha256)
+    if isinstance(config, LiteRTConfig):
+        from edged.runtime.litert import LiteRTSession
+
+        return LiteRTSession.load(path, config)
+    from edged.runtime.openvino import OpenVINOSession
+
+    return OpenVINOSession.load(path, config, cache_dir=cache_dir)
 
 
-__all__ = ["RuntimeConfig", "Session", "TensorSpec", "config_for", "open_session"]
+def warm_up(session: Session, size: tuple[int, int] | None = None) -> None:
+    """Run once on zeros so that "loaded" means "ready".
+
+    The first inference is where runtimes do their lazy work: onnxruntime plans memory and
+    picks kernels for the shape, XNNPACK packs weights and builds its operator plan, OpenVINO
+    compiles dynamic-shape kernels. Doing it at load keeps that cost (up to seconds for big
+    models) out of the first real request's latency, out of the daemon's watchdog window and
+    inside the pool's measured load cost. A model that cannot even run zeros fails here, on
+    this backend, so the loader can fall back to the next one.
+    """
+    try:
+        session.run(warmup_feeds(session.inputs, size))
+    except Exception as exc:  # any failure means this backend cannot serve the model
+        session.close()
+        raise ModelLoadError(f"{session.backend}: warm-up run failed: {one_line(exc)}") from exc
+
+
+def open_session(
+    config: OnnxConfig | LiteRTConfig | OpenVINOConfig,
+    path: Path,
+    *,
+    cache_dir: Path | None = None,
+    sha256: str | None = None,
+    warmup: bool = True,
+    warmup_size: tuple[int, int] | None = None,
+) -> Session:
+    """Load ``path`` with the runtime ``config`` names and (by default) warm it up.
+
+    ``cache_dir`` enables the compile caches; ``sha256`` (the catalogue's) saves hashing the
+    file for the cache key. Raises ``BackendUnavailable`` (runtime/provider/device missing)
+    or ``ModelLoadError`` (this runtime cannot read or run the file).
+    """
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist")
+    start = time.perf_counter()
+    session = _construct(config, path, cache_dir, sha256)
+    loaded = time.perf_counter()
+    if warmup:
+        warm_up(session, warmup_size)
+    log.debug(
+        "session_opened",
+        backend=session.backend,
+        path=str(path),
+        cache=getattr(session, "cache", None),
+        load_s=round(loaded - start, 3),
+        warmup_s=round(time.perf_counter() - loaded, 3),
+    )
+    return session
+
+
+__all__ = [
+    "BACKENDS",
+    "FORMAT_OF_RUNTIME",
+    "LiteRTConfig",
+    "OnnxConfig",
+    "OpenVINOConfig",
+    "RuntimeConfig",
+    "Session",
+    "TensorSpec",
+    "config_for",
+    "open_session",
+    "warm_up",
+]

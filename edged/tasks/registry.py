@@ -20,6 +20,7 @@ TASK_MODULES = {
     "superres": "edged.tasks.superres",
     "inpainting": "edged.tasks.inpainting",
     "generation": "edged.tasks.generation",
+    "text_encode": "edged.tasks.generation.text_encode",
 }
 
 

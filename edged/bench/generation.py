@@ -1,0 +1,156 @@
+"""``edged bench generation --model-dir DIR [--budget BYTES] [--steps N] [--json]``.
+
+Each run is a fresh child process (so one run's heap never inflates the next one's RSS):
+
+- ``budgeted``: the pool budget is ``--budget``; residency ``auto`` picks staged when the
+  components do not fit together. One generation, cold (every component loaded).
+- ``resident`` (baseline): budget unlimited, everything resident; a cold request and then a
+  warm one (new prompt: text encoder runs again, nothing is loaded).
+
+Peak RSS is the whole process (Python + onnxruntime + models), sampled every 5 ms and
+cross-checked with the kernel's VmHWM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edged.cli.common import add_common, print_json
+from edged.errors import ModelNotFound
+from edged.schema import format_bytes, parse_bytes
+
+UNLIMITED = 1 << 40
+PROMPTS = ("a photo of an astronaut riding a horse on the moon", "a red house under a blue sky")
+
+
+def register(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = suites.add_parser("generation", help="text-to-image peak RSS and time, staged vs resident")
+    add_common(p)
+    p.add_argument("--model-dir", type=Path, required=True, help="diffusers ONNX model dir")
+    p.add_argument("--budget", default="1G", help="pool budget for the budgeted run (1G, 1.5G)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
+    p.add_argument("--size", type=int, default=512, help="image width = height")
+    p.add_argument("--decoder", default="vae", help="vae | vaelight | taesd | path.onnx")
+    p.add_argument("--model-dirs", default=None, help="extra model dir for named decoders")
+    p.add_argument("--residency", default="auto", choices=["auto", "staged", "resident"])
+    p.add_argument("--no-baseline", action="store_true", help="skip the all-resident run")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=_handler)
+
+
+def unet_precision(model_dir: Path) -> str:
+    """int4 (MatMulNBits), int8 (integer/QDQ ops) or fp32/fp16, read from the UNet graph."""
+    import onnx
+
+    model = onnx.load(str(model_dir / "unet" / "model.onnx"), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    if "MatMulNBits" in ops:
+        return "int4" + ("+int8-conv" if "ConvInteger" in ops else "")
+    if ops & {"MatMulInteger", "ConvInteger", "QLinearConv", "QuantizeLinear"}:
+        return "int8"
+    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    return "fp16" if inputs.get("sample") == onnx.TensorProto.FLOAT16 else "fp32"
+
+
+def _child(args: argparse.Namespace) -> dict[str, Any]:
+    """One measured run in this (fresh) process."""
+    from edged.config import load_settings
+    from edged.engine import Engine
+    from edged.memory import PeakSampler, reset_hwm, snapshot
+    from edged.pool import ModelPool
+    from edged.tasks.base import TaskRequest
+
+    overrides: dict[str, Any] = {"model_dirs": [args.model_dirs]} if args.model_dirs else {}
+    # The budget asked for, not capped by the profile's default: the baseline is unlimited.
+    budget = parse_bytes(args.budget)
+    assert isinstance(budget, int)
+    pool: ModelPool[Any] = ModelPool(budget)
+    engine = Engine(load_settings(overrides=overrides), pool=pool)
+    params: dict[str, Any] = {"width": args.size, "height": args.size, "residency": args.residency}
+    params["decoder"] = args.decoder
+    if args.steps:
+        params["steps"] = args.steps
+    reset_hwm()
+    runs = []
+    with PeakSampler() as sampler:
+        for prompt in PROMPTS[: 2 if args.residency == "resident" else 1]:
+            start = time.perf_counter()
+            request = TaskRequest("generation", str(args.model_dir), prompt=prompt, params=params)
+            result = engine.run(request)
+            runs.append((time.perf_counter() - start, result.meta))
+    hwm = snapshot(with_pss=False).as_dict().get("hwm_bytes")
+    seconds, meta = runs[0]
+    out: dict[str, Any] = {
+        "peak_rss_bytes": sampler.peak,
+        "vm_hwm_bytes": hwm,
+        "budget_bytes": engine.pool.budget,
+        "seconds_total": round(seconds, 2),
+        "seconds_per_stage": {k: round(v, 2) for k, v in meta["seconds_per_stage"].items()},
+        "resident_strategy": meta["residency"],
+        "steps": meta["steps"],
+        "decoder": meta["decoder"],
+    }
+    if len(runs) > 1:
+        out["warm_seconds_total"] = round(runs[1][0], 2)
+        warm = runs[1][1]["seconds_per_stage"]
+        out["warm_seconds_per_stage"] = {k: round(v, 2) for k, v in warm.items()}
+    engine.close()
+    return out
+
+
+def _spawn(args: argparse.Namespace, budget: str, residency: str) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "edged", "bench", "generation", "--child", "--json"]
+    argv += ["--model-dir", str(args.model_dir), "--budget", budget, "--residency", residency]
+    argv += ["--size", str(args.size), "--decoder", args.decoder]
+    if args.steps:
+        argv += ["--steps", str(args.steps)]
+    if args.model_dirs:
+        argv += ["--model-dirs", args.model_dirs]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0], "resident_strategy": residency}
+    parsed: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return parsed
+
+
+def _handler(args: argparse.Namespace) -> int:
+    if not (args.model_dir / "unet" / "model.onnx").is_file():
+        raise ModelNotFound(f"{args.model_dir}: not a diffusers ONNX model dir (unet/model.onnx)")
+    if args.child:
+        print(json.dumps(_child(args)))
+        return 0
+    result = _spawn(args, args.budget, args.residency)
+    result["unet_precision"] = unet_precision(args.model_dir)
+    result["model_dir"] = str(args.model_dir)
+    if not args.no_baseline:
+        result["baseline_resident"] = _spawn(args, str(UNLIMITED), "resident")
+    if args.json:
+        print_json(result)
+    else:
+        _print_table(result)
+    return 0 if "error" not in result else 1
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    rows = [("budgeted", result)]
+    if "baseline_resident" in result:
+        rows.append(("resident", result["baseline_resident"]))
+    print(f"model {result['model_dir']}  unet {result['unet_precision']}")
+    for name, r in rows:
+        if "error" in r:
+            print(f"{name:9} error: {r['error']}")
+            continue
+        stages = " ".join(f"{k}={v}s" for k, v in r["seconds_per_stage"].items())
+        warm = f" warm {r['warm_seconds_total']}s" if "warm_seconds_total" in r else ""
+        print(
+            f"{name:9} {r['resident_strategy']:8} peak {format_bytes(r['peak_rss_bytes'])} "
+            f"budget {format_bytes(r['budget_bytes'])} total {r['seconds_total']}s ({stages}){warm}"
+        )

@@ -1,0 +1,343 @@
+"""Probe the board: CPU, SoC, accelerators, cameras and memory limits.
+
+``probe(root)`` is a pure function of a filesystem root, so tests hand it fake ``/proc``,
+``/sys`` and ``/dev`` trees (``edged.testing.make_board``) and get the same answer a real board
+would give. What only a live process can know (onnxruntime providers, OpenVINO devices) comes
+from ``probe_runtimes()`` and is never read from the root.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from edged.schema import StrictModel
+
+# ISA flags that change which kernels a runtime can use; everything else in cpuinfo is noise.
+_ISA_X86 = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+_ISA_ARM = {
+    "neon": "neon",
+    "asimd": "asimd",
+    "fphp": "fp16",
+    "asimdhp": "fp16",
+    "asimddp": "dotprod",
+    "sve": "sve",
+    "sve2": "sve2",
+    "i8mm": "i8mm",
+    "bf16": "bf16",
+}
+_ARM_PARTS = {
+    "0xd03": "Cortex-A53",
+    "0xd04": "Cortex-A35",
+    "0xd05": "Cortex-A55",
+    "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72",
+    "0xd09": "Cortex-A73",
+    "0xd0a": "Cortex-A75",
+    "0xd0b": "Cortex-A76",
+    "0xd0d": "Cortex-A77",
+    "0xd41": "Cortex-A78",
+    "0xd44": "Cortex-X1",
+    "0xd46": "Cortex-A510",
+    "0xd47": "Cortex-A710",
+    "0xd48": "Cortex-X2",
+    "0xd4d": "Cortex-A715",
+    "0xd4e": "Cortex-X3",
+    "0xd80": "Cortex-A520",
+    "0xd81": "Cortex-A720",
+    "0xd82": "Cortex-X4",
+    "0x001": "Qualcomm Oryon",
+}
+# V4L2 nodes that are codecs, ISPs or metadata rather than cameras (sysfs `name` substrings).
+_NOT_CAMERAS = (
+    "codec",
+    "isp",
+    "rpivid",
+    "hantro",
+    "-enc",
+    "-dec",
+    "scaler",
+    "pispbe",
+    "unicam-meta",
+)
+
+AcceleratorKind = Literal["intel-gpu", "gpu", "intel-npu", "npu", "hexagon", "coral", "hailo"]
+
+
+class Accelerator(StrictModel):
+    """A device node an inference runtime can use."""
+
+    kind: AcceleratorKind = Field(description="What it is.")
+    path: str = Field(description="Device node, relative to the probed root.")
+    detail: str = Field(default="", description="Vendor id or driver name when known.")
+
+
+class Camera(StrictModel):
+    """A V4L2 capture node."""
+
+    path: str = Field(description="/dev/videoN")
+    name: str = Field(description="Driver-reported name from sysfs.")
+
+
+class RuntimeDevices(StrictModel):
+    """What the installed runtimes report (only from a live process)."""
+
+    onnx_providers: list[str] = Field(default_factory=list)
+    openvino_devices: list[str] = Field(default_factory=list)
+    litert: bool = Field(default=False, description="ai-edge-litert or tflite-runtime importable.")
+
+
+class Hardware(StrictModel):
+    """Everything profile matching needs to know about the board."""
+
+    arch: str = Field(description="x86_64, aarch64, armv7l, ...")
+    cpu_model: str = Field(description="Marketing name or core type.")
+    cores: int = Field(ge=1, description="Logical CPUs in /proc/cpuinfo.")
+    isa: list[str] = Field(default_factory=list, description="Normalised ISA flags that matter.")
+    vendor: str | None = Field(
+        default=None, description="raspberrypi, qualcomm, rockchip, nvidia, intel, amd."
+    )
+    board: str | None = Field(default=None, description="/proc/device-tree/model.")
+    compatible: list[str] = Field(default_factory=list, description="/proc/device-tree/compatible.")
+    soc: dict[str, str] = Field(
+        default_factory=dict, description="/sys/devices/soc0 machine/family/soc_id."
+    )
+    accelerators: list[Accelerator] = Field(default_factory=list)
+    cameras: list[Camera] = Field(default_factory=list)
+    mem_total_bytes: int | None = Field(default=None, description="MemTotal.")
+    cgroup_memory_max: int | None = Field(default=None, description="Tightest cgroup memory limit.")
+    runtime: RuntimeDevices | None = Field(default=None, description="Live runtime devices.")
+
+
+def _read(root: Path, rel: str) -> str | None:
+    try:
+        # device-tree strings are NUL-terminated (and NUL-separated for `compatible`)
+        return (root / rel.lstrip("/")).read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _cpuinfo(root: Path) -> list[dict[str, str]]:
+    text = _read(root, "/proc/cpuinfo") or ""
+    blocks: list[dict[str, str]] = [{}]
+    for line in text.splitlines():
+        if not line.strip():
+            blocks.append({})
+            continue
+        key, _, value = line.partition(":")
+        blocks[-1][key.strip().lower()] = value.strip()
+    return [b for b in blocks if b]
+
+
+def _arch(root: Path, blocks: list[dict[str, str]]) -> str:
+    declared = (_read(root, "/proc/sys/kernel/arch") or "").strip()
+    if declared:
+        return declared
+    first = blocks[0] if blocks else {}
+    if "flags" in first:
+        return "x86_64" if " lm " in f" {first['flags']} " else "i686"
+    if "features" in first:
+        return "aarch64" if first.get("cpu architecture", "") == "8" else "armv7l"
+    return platform.machine() if root == Path("/") else "unknown"
+
+
+def _cpu(root: Path) -> tuple[str, str, int, list[str]]:
+    blocks = _cpuinfo(root)
+    procs = [b for b in blocks if "processor" in b] or blocks
+    first = procs[0] if procs else {}
+    arch = _arch(root, blocks)
+    flags = set((first.get("flags") or first.get("features") or "").split())
+    if arch.startswith(("x86", "i6")):
+        isa = [f for f in _ISA_X86 if f in flags]
+    else:
+        isa = sorted({_ISA_ARM[f] for f in flags if f in _ISA_ARM})
+        if arch == "aarch64" and "asimd" in isa and "neon" not in isa:
+            isa.insert(0, "neon")  # every AArch64 core has Advanced SIMD (NEON)
+    trailer = blocks[-1] if blocks else {}
+    model = (
+        first.get("model name")
+        or trailer.get("model")
+        or _ARM_PARTS.get(first.get("cpu part", ""), first.get("cpu part", ""))
+        or "unknown"
+    )
+    cores = len(procs) if procs else (os.cpu_count() or 1)
+    return arch, model, max(1, cores), isa
+
+
+def _vendor(
+    board: str | None, compatible: list[str], soc: dict[str, str], cpu_model: str
+) -> str | None:
+    text = " ".join([board or "", *compatible, *soc.values()]).lower()
+    for key, vendor in (
+        ("raspberry", "raspberrypi"),
+        ("brcm,bcm27", "raspberrypi"),
+        ("qcom", "qualcomm"),
+        ("qualcomm", "qualcomm"),
+        ("snapdragon", "qualcomm"),
+        ("rockchip", "rockchip"),
+        ("nvidia", "nvidia"),
+        ("tegra", "nvidia"),
+    ):
+        if key in text:
+            return vendor
+    lowered = cpu_model.lower()
+    if "intel" in lowered:
+        return "intel"
+    if "amd" in lowered:
+        return "amd"
+    return None
+
+
+def _pci_vendor(root: Path, sysfs_dir: str) -> str:
+    return (_read(root, f"{sysfs_dir}/device/vendor") or "").strip().lower()
+
+
+def _accelerators(root: Path) -> list[Accelerator]:
+    found: list[Accelerator] = []
+    dev = root / "dev"
+    for node in sorted(dev.glob("dri/renderD*")):
+        vendor = _pci_vendor(root, f"/sys/class/drm/{node.name}")
+        kind: AcceleratorKind = "intel-gpu" if vendor == "0x8086" else "gpu"
+        found.append(Accelerator(kind=kind, path=f"/dev/dri/{node.name}", detail=vendor))
+    for node in sorted(dev.glob("accel/accel*")):
+        vendor = _pci_vendor(root, f"/sys/class/accel/{node.name}")
+        kind = "intel-npu" if vendor == "0x8086" else "npu"
+        found.append(Accelerator(kind=kind, path=f"/dev/accel/{node.name}", detail=vendor))
+    patterns: tuple[tuple[str, AcceleratorKind], ...] = (
+        ("fastrpc-cdsp*", "hexagon"),
+        ("adsprpc-smd", "hexagon"),
+        ("apex_*", "coral"),
+        ("hailo*", "hailo"),
+    )
+    for pattern, kind in patterns:
+        for node in sorted(dev.glob(pattern)):
+            found.append(Accelerator(kind=kind, path=f"/dev/{node.name}"))
+    return found
+
+
+def _cameras(root: Path) -> list[Camera]:
+    cams = []
+    for node in sorted((root / "dev").glob("video*"), key=lambda p: (len(p.name), p.name)):
+        sysfs = f"/sys/class/video4linux/{node.name}"
+        name = (_read(root, f"{sysfs}/name") or "").strip()
+        index = (_read(root, f"{sysfs}/index") or "0").strip()
+        # UVC exposes a metadata node (index 1) per camera; codecs and ISPs are not cameras.
+        if index != "0" or any(bad in name.lower() for bad in _NOT_CAMERAS):
+            continue
+        cams.append(Camera(path=f"/dev/{node.name}", name=name or node.name))
+    return cams
+
+
+def _meminfo(root: Path) -> int | None:
+    match = re.search(r"^MemTotal:\s+(\d+)\s*kB", _read(root, "/proc/meminfo") or "", re.M)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _limit(text: str | None) -> int | None:
+    value = (text or "").strip()
+    if not value or value == "max":
+        return None
+    limit = int(value)
+    return (
+        None if limit >= 1 << 62 else limit
+    )  # cgroup v1 "unlimited" is a huge page-rounded number
+
+
+def cgroup_memory_max(root: Path) -> int | None:
+    """Tightest memory limit over the process's cgroup and its ancestors (v2, else v1)."""
+    limits: list[int] = []
+    bases: tuple[str, ...]
+    for line in (_read(root, "/proc/self/cgroup") or "").splitlines():
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0" and controllers == "":
+            bases, filename = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"), "memory.max"
+        elif "memory" in controllers.split(","):
+            bases, filename = ("/sys/fs/cgroup/memory",), "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.strip().split("/") if p]
+        for base in bases:
+            for depth in range(len(parts), -1, -1):
+                limit = _limit(_read(root, "/".join([base, *parts[:depth], filename])))
+                if limit is not None:
+                    limits.append(limit)
+    return min(limits) if limits else None
+
+
+def probe(root: str | Path = "/") -> Hardware:
+    """Describe the board under ``root`` (``/`` for this machine, a fake tree in tests)."""
+    base = Path(root)
+    arch, cpu_model, cores, isa = _cpu(base)
+    board = (_read(base, "/proc/device-tree/model") or "").strip("\0\n ") or None
+    compatible = [
+        c for c in (_read(base, "/proc/device-tree/compatible") or "").split("\0") if c.strip()
+    ]
+    soc = {
+        k: v.strip()
+        for k in ("machine", "family", "soc_id")
+        if (v := _read(base, f"/sys/devices/soc0/{k}")) and v.strip()
+    }
+    return Hardware(
+        arch=arch,
+        cpu_model=cpu_model,
+        cores=cores,
+        isa=isa,
+        vendor=_vendor(board, compatible, soc, cpu_model),
+        board=board,
+        compatible=compatible,
+        soc=soc,
+        accelerators=_accelerators(base),
+        cameras=_cameras(base),
+        mem_total_bytes=_meminfo(base),
+        cgroup_memory_max=cgroup_memory_max(base),
+    )
+
+
+def probe_runtimes() -> RuntimeDevices:
+    """Ask the installed runtimes what they can use; absent runtimes report nothing."""
+    providers: list[str] = []
+    devices: list[str] = []
+    try:
+        import onnxruntime
+
+        providers = list(onnxruntime.get_available_providers())
+    except ImportError:
+        pass
+    try:
+        import openvino
+
+        devices = list(openvino.Core().available_devices)
+    except (ImportError, RuntimeError):
+        pass
+    try:
+        import ai_edge_litert  # noqa: F401
+
+        litert = True
+    except ImportError:
+        try:
+            import tflite_runtime  # noqa: F401
+
+            litert = True
+        except ImportError:
+            litert = False
+    return RuntimeDevices(onnx_providers=providers, openvino_devices=devices, litert=litert)

@@ -1,0 +1,321 @@
+"""The request server: one ROUTER socket, one thread that owns it, replies from anywhere.
+
+Thread model (zmq sockets are not thread-safe):
+
+- the server thread owns the ROUTER and the receiving end of an inproc PAIR; it receives,
+  checks limits, decodes and validates, then calls ``handler(request)``. The handler must
+  return quickly: a ``Future`` (the daemon submits to its scheduler) or, for trivial work, a
+  ``Reply``/``TaskResult`` directly. With ``workers=N`` the server runs the handler in its own
+  thread pool instead, so a plain blocking function works too.
+- when a future completes, its done-callback (on the worker's thread) encodes the reply and
+  pushes it through the PAIR under a lock; only the server thread writes to the ROUTER.
+- every request gets exactly one reply: errors are replies, a handler exception is a reply,
+  ``busy`` is a reply when ``zmq.max_queue`` requests are already in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from typing import Any
+
+import zmq
+
+from edged import __version__
+from edged.config import Settings
+from edged.errors import Busy, EdgedError
+from edged.io.context import get_context
+from edged.io.protocol import (
+    BUILTIN_TASKS,
+    PROTOCOL_VERSION,
+    Reply,
+    Request,
+    decode_request,
+    peek,
+    peek_id,
+)
+from edged.io.security import SecureBinding
+from edged.log import get_logger
+from edged.tasks.base import TaskResult
+
+log = get_logger("zmq.server")
+
+Handler = Callable[[Request], Any]
+"""``handler(request) -> Future[Reply | TaskResult] | Reply | TaskResult`` (see module doc)."""
+
+_STOP = b"\x00stop"
+_ids = itertools.count()
+
+
+class RequestServer:
+    """ROUTER request server for protocol v1 (docs/protocol.md).
+
+    ``stats_fn`` and ``models_fn`` answer the built-in ``stats`` and ``models`` tasks (called
+    on the server thread: keep them cheap); ``ping`` is always answered.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        handler: Handler,
+        *,
+        context: zmq.Context[Any] | None = None,
+        stats_fn: Callable[[], dict[str, Any]] | None = None,
+        models_fn: Callable[[], Any] | None = None,
+        workers: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.limits = settings.zmq
+        self.handler = handler
+        self.stats_fn = stats_fn
+        self.models_fn = models_fn
+        self._context = context or get_context()
+        self._endpoint = settings.requests_endpoint
+        self._workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._closed = True
+        self._in_flight = 0
+        self._counts: Counter[str] = Counter()
+        self._pair_name = f"inproc://edged-replies-{next(_ids)}-{id(self)}"
+
+    @property
+    def endpoint(self) -> str:
+        """The bound endpoint (with the real port when ``tcp://host:*`` was configured)."""
+        return self._endpoint
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Bind (raising ConfigError on a refused or busy endpoint) and start the thread."""
+        router = self._context.socket(zmq.ROUTER)
+        # LINGER: on stop, give queued replies this long to leave, never block shutdown forever.
+        router.linger = self.limits.linger_ms
+        # HWM: bound what one peer can queue in each direction; beyond it libzmq drops
+        # (ROUTER never blocks), so a flood costs bounded memory, not an unbounded queue.
+        router.rcvhwm = self.limits.hwm
+        router.sndhwm = self.limits.hwm
+        # Transport hard cap: a frame above 2x max_frame_bytes makes libzmq drop the peer
+        # without buffering the rest. Between 1x and 2x the peer gets a `too_large` reply.
+        router.maxmsgsize = 2 * self.limits.max_frame_bytes
+        # ROUTER_MANDATORY stays off: a reply to a client that vanished is silently dropped.
+        try:
+            self._binding = SecureBinding(router, self._endpoint, self.limits)
+        except BaseException:
+            router.close(linger=0)
+            raise
+        self._endpoint = self._binding.endpoint
+        self._router = router
+        self._pair_in = self._context.socket(zmq.PAIR)
+        # The reply pipe is unbounded on purpose: in-flight requests are already bounded by
+        # max_queue, and a full pipe would block a worker thread inside send.
+        self._pair_in.rcvhwm = 0
+        self._pair_in.bind(self._pair_name)
+        self._pair_out = self._context.socket(zmq.PAIR)
+        self._pair_out.sndhwm = 0
+        self._pair_out.linger = 0
+        self._pair_out.connect(self._pair_name)
+        if self._workers > 0:
+            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="edged-req")
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="edged-zmq-server", daemon=True)
+        self._thread.start()
+        log.info("request_server_started", endpoint=self._endpoint, curve=self._binding.curve)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread and close the sockets; later completions are dropped."""
+        if self._thread is None:
+            return
+        with self._send_lock:
+            if not self._closed:
+                self._pair_out.send(_STOP)
+            self._closed = True
+        self._thread.join(timeout_s)
+        self._thread = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pair_out.close(linger=0)
+        self._binding.close()
+        log.info("request_server_stopped", endpoint=self._endpoint, **self.stats())
+
+    def __enter__(self) -> RequestServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests, replies by outcome, requests in flight."""
+        return {"in_flight": self._in_flight, **dict(self._counts)}
+
+    # ------------------------------------------------------------ server thread
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._pair_in, zmq.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll())
+                if self._pair_in in events and not self._forward_replies():
+                    break
+                if self._router in events:
+                    self._receive_requests()
+        finally:
+            self._router.close()
+            self._pair_in.close(linger=0)
+
+    def _forward_replies(self) -> bool:
+        """Send completed replies to the ROUTER; False on the stop message."""
+        while True:
+            try:
+                msg = self._pair_in.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            if msg == [_STOP]:
+                return False
+            self._in_flight -= 1
+            self._counts[msg[0].decode()] += 1
+            self._send(msg[1:])
+
+    def _receive_requests(self) -> None:
+        # Drain what is queued, but give completed replies a turn every few requests.
+        for _ in range(16):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._handle(frames)
+            except Exception as exc:  # a bug here must cost one request, not the server
+                log.exception("request_bug", error=type(exc).__name__)
+                envelope, body = split_envelope(frames)
+                rid = peek_id(body[0]) if body else None
+                self._reply_now(envelope, rid, Reply.from_error(exc))
+
+    def _handle(self, frames: list[bytes]) -> None:
+        envelope, body = split_envelope(frames)
+        self._counts["requests"] += 1
+        rid, task = peek(body[0]) if body else (None, None)
+        if self._in_flight >= self.limits.max_queue and task not in BUILTIN_TASKS:
+            # Before decoding: an overloaded daemon should not spend CPU on images it drops.
+            busy = Busy(
+                f"request queue full (zmq.max_queue = {self.limits.max_queue}); retry later"
+            )
+            self._reply_now(envelope, rid, Reply.from_error(busy))
+            return
+        try:
+            request = decode_request(body, self.limits, identity=tuple(envelope))
+        except EdgedError as exc:
+            log.debug("request_rejected", id=rid, code=exc.wire_code, error=str(exc))
+            self._reply_now(envelope, rid, Reply.from_error(exc))
+            return
+        if request.task in BUILTIN_TASKS:
+            self._reply_now(envelope, request.id, self._builtin(request.task))
+            return
+        self._dispatch(request)
+
+    def _dispatch(self, request: Request) -> None:
+        self._in_flight += 1
+        try:
+            if self._executor is not None:
+                outcome: Any = self._executor.submit(self.handler, request)
+            else:
+                outcome = self.handler(request)
+        except Exception as exc:  # handler refused synchronously (e.g. Busy from a scheduler)
+            self._in_flight -= 1
+            self._log_failure(request, exc)
+            self._reply_now(list(request.identity), request.id, Reply.from_error(exc))
+            return
+        if isinstance(outcome, Future):
+            outcome.add_done_callback(lambda fut: self._complete(request, fut))
+            return
+        self._in_flight -= 1
+        reply = self._as_reply(request, outcome)
+        self._reply_now(list(request.identity), request.id, reply)
+
+    def _builtin(self, task: str) -> Reply:
+        if task == "ping":
+            return Reply.success(task="ping", version=__version__, protocol=PROTOCOL_VERSION)
+        if task == "stats":
+            extra = self.stats_fn() if self.stats_fn is not None else {}
+            return Reply.success(task="stats", stats={"server": self.stats(), **extra})
+        if self.models_fn is None:
+            return Reply.failure("bad_request", "task 'models' is not served by this endpoint")
+        return Reply.success(task="models", models=self.models_fn())
+
+    def _reply_now(self, envelope: list[bytes], rid: str | None, reply: Reply) -> None:
+        self._count(reply)
+        self._send([*envelope, *reply.to_frames(rid)])
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self._router.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # HWM reached for that peer: drop, as PUB would
+            self._counts["dropped_replies"] += 1
+            log.warning("reply_dropped", error=str(exc))
+
+    def _count(self, reply: Reply) -> None:
+        self._counts["ok" if reply.ok else f"error_{reply.error_code}"] += 1
+
+    # ------------------------------------------------------------ any thread
+
+    def _complete(self, request: Request, future: Future[Any]) -> None:
+        """Done-callback: encode on the finishing thread, hand the frames to the server."""
+        try:
+            reply = self._as_reply(request, future.result())
+            body = reply.to_frames(request.id)
+        except CancelledError:
+            reply = Reply.failure("internal", "request cancelled (shutting down?)")
+            body = reply.to_frames(request.id)
+        except Exception as exc:  # the client gets its one reply whatever failed
+            self._log_failure(request, exc)
+            reply = Reply.from_error(exc)
+            body = reply.to_frames(request.id)
+        # Frame 0 is the outcome, counted by the server thread (the counters are not shared).
+        outcome = b"ok" if reply.ok else f"error_{reply.error_code}".encode()
+        frames = [outcome, *request.identity, *body]
+        with self._send_lock:
+            if not self._closed:
+                self._pair_out.send_multipart(frames)
+
+    def _as_reply(self, request: Request, outcome: Any) -> Reply:
+        if isinstance(outcome, Reply):
+            return outcome
+        if isinstance(outcome, TaskResult):
+            try:
+                return Reply.from_result(outcome, encoding=request.encoding)
+            except EdgedError as exc:
+                return Reply.from_error(exc)
+        log.error("handler_bad_return", id=request.id, got=type(outcome).__name__)
+        return Reply.failure("internal", "handler returned no result")
+
+    def _log_failure(self, request: Request, exc: BaseException) -> None:
+        if isinstance(exc, EdgedError):
+            log.info(
+                "request_failed",
+                id=request.id,
+                task=request.task,
+                code=exc.wire_code,
+                error=str(exc),
+            )
+        else:
+            log.error(
+                "request_crashed", id=request.id, task=request.task, error=repr(exc), exc_info=exc
+            )
+
+
+def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """ROUTER frames -> (envelope, body).
+
+    A REQ peer (and a DEALER that imitates it) sends ``[identity, b"", body...]``; a plain
+    DEALER sends ``[identity, body...]``. The reply mirrors the envelope, so both work.
+    """
+    if len(frames) > 1 and frames[1] == b"":
+        return frames[:2], frames[2:]
+    return frames[:1], frames[1:]

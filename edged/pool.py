@@ -1,0 +1,497 @@
+"""The memory-budgeted model pool: load, measure, pin, evict under a byte budget.
+
+Rules (docs/memory.md has the measurements behind them):
+- A model's cost is measured, not guessed: RSS delta around ``loader()`` (load + warm-up)
+  and the peak RSS during it, sampled every 5 ms. Both go into an estimate table persisted
+  in ``state_dir`` so the next load is predicted from real numbers.
+- Loading needs room for the *peak* (about 2x the file for ONNX: protobuf bytes plus packed
+  weights); a resident model is charged its steady cost.
+- Room is made by evicting idle, unpinned models in LRU order, in one batch with a little
+  slack so the next load does not evict again (Roboflow's "evict several to stop flapping").
+- Models in use are pinned; configured ``pinned`` keys are never evicted by the LRU.
+- A model that cannot fit even alone (or beside the pinned ones) raises
+  ``MemoryBudgetExceeded`` at once; one that could fit once in-use models are released waits
+  at most ``wait_s`` and then raises ``Busy``. Every wait is bounded: no deadlock.
+- Evicted sessions are closed, then ``gc.collect()`` + ``malloc_trim(0)`` give the pages back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from edged.config import Settings
+from edged.errors import Busy, Cancelled, ConfigError, MemoryBudgetExceeded
+from edged.log import get_logger
+from edged.memory import (
+    PeakSampler,
+    malloc_trim,
+    pss_bytes,
+    read_cgroup_memory,
+    release_memory,
+    rss_bytes,
+    tune_allocator,
+)
+from edged.schema import format_bytes
+from edged.stats import ESTIMATES_FILE, EstimateTable
+
+T = TypeVar("T")
+log = get_logger(__name__)
+
+DEFAULT_BUDGET = 1_500_000_000
+LOAD_PEAK_FACTOR = 3.5
+"""Unknown model: load peak / file size. Measured 3.4x at 10 MB, 2.0-2.5x at 100-400 MB (ONNX)."""
+MIN_PEAK_FACTOR = 2.0
+"""Lowest load peak / file size seen for ONNX (protobuf bytes + the tensors built from them)."""
+MIN_COST = 1_000_000
+"""Floor of a measured cost: a delta can read ~0 when freed heap pages are reused."""
+DEFAULT_ESTIMATE = 64_000_000
+"""Cost assumed for a model with no measurement and no size hint."""
+EventFn = Callable[[str, dict[str, Any]], None]
+
+
+def effective_budget(settings: Settings, profile_budget: int | None, cgroup_max: int | None) -> int:
+    """min(memory_budget or 1.5 GB, the profile's default, cgroup memory.max - memory_reserve)."""
+    candidates = [settings.memory_budget or DEFAULT_BUDGET]
+    if profile_budget is not None:
+        candidates.append(profile_budget)
+    if cgroup_max is not None:
+        room = cgroup_max - settings.memory_reserve
+        if room <= 0:
+            raise ConfigError(
+                f"memory_reserve ({format_bytes(settings.memory_reserve)}) leaves nothing of the "
+                f"cgroup limit ({format_bytes(cgroup_max)}): lower memory_reserve or raise MemoryMax"
+            )
+        candidates.append(room)
+    return min(candidates)
+
+
+def _close_value(value: object) -> None:
+    """LoadedModel -> its session's close(); anything else with close() -> close()."""
+    target = getattr(value, "session", value)
+    close = getattr(target, "close", None)
+    if callable(close):
+        close()
+
+
+@dataclass
+class _Slot(Generic[T]):
+    key: str
+    value: T | None = None
+    cost: int = 0  # charged while resident (measured)
+    reserved: int = 0  # held while loading (predicted peak)
+    users: int = 0
+    pinned: bool = False
+    loading: bool = True
+    doomed: bool = False  # evict when the last user releases
+    last_used: int = 0
+    loads: int = 0
+    hits: int = 0
+    load_s: float = 0.0
+    peak: int = 0
+    pss: int | None = None
+    use_lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def charged(self) -> int:
+        return self.cost + self.reserved
+
+
+@dataclass
+class _Counters:
+    loads: int = 0
+    evictions: int = 0
+    hits: int = 0
+    misses: int = 0
+    busy: int = 0
+    refused: int = 0
+    load_errors: int = 0
+    load_s: float = 0.0
+    peak_misses: int = 0  # load peak above its reservation: the estimate was too low
+
+
+class ModelPool(Generic[T]):
+    """Loaded models under a byte budget; thread-safe; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        budget_bytes: int,
+        *,
+        wait_s: float = 5.0,
+        pinned: Collection[str] = (),
+        estimates_path: Path | None = None,
+        sampler_interval_s: float = 0.005,
+        slack: float = 0.05,
+        use_wait_s: float = 60.0,
+        closer: Callable[[T], None] = _close_value,
+        on_event: EventFn | None = None,
+        tune_malloc: bool = True,
+    ) -> None:
+        if budget_bytes <= 0:
+            raise ConfigError(f"memory budget must be positive (got {budget_bytes})")
+        self.budget = budget_bytes
+        self.wait_s = wait_s
+        self.use_wait_s = use_wait_s
+        self.sampler_interval_s = sampler_interval_s
+        self.slack = int(slack * budget_bytes)
+        self.estimates = EstimateTable(estimates_path)
+        self._pinned = frozenset(pinned)
+        self._closer = closer
+        self._on_event = on_event
+        self._slots: dict[str, _Slot[T]] = {}
+        self._releasing = 0  # bytes of victims being closed: not free yet
+        self._cond = threading.Condition()
+        self._load_lock = threading.RLock()  # one load at a time: deltas stay attributable
+        self._tick = itertools.count(1)
+        self._n = _Counters()
+        self._loads_by_key: dict[str, int] = {}
+        self._closed = False
+        if tune_malloc:
+            tune_allocator()
+        self._baseline = rss_bytes()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        profile_budget: int | None = None,
+        cgroup_max: int | None = None,
+        **kwargs: Any,
+    ) -> ModelPool[T]:
+        """Budget from settings/profile/cgroup (read here if not given); pins, wait, estimate file."""
+        if cgroup_max is None:
+            cgroup = read_cgroup_memory()
+            cgroup_max = cgroup.max if cgroup else None
+        budget = effective_budget(settings, profile_budget, cgroup_max)
+        return cls(
+            budget,
+            wait_s=settings.admission_wait_s,
+            pinned=settings.pinned_models,
+            estimates_path=settings.state_dir / ESTIMATES_FILE,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------ public API
+
+    @contextmanager
+    def acquire(
+        self,
+        key: str,
+        loader: Callable[[], T],
+        *,
+        estimate_bytes: int | None = None,
+        pinned: bool = False,
+        exclusive: bool = True,
+    ) -> Iterator[T]:
+        """Hold ``key`` resident (loading it with ``loader`` if needed) for the block.
+
+        ``loader`` must return a warmed-up model: its RSS delta is the cost charged.
+        ``estimate_bytes`` predicts the resident cost of a model never measured (e.g. its
+        file size). ``pinned`` keeps it resident after release. ``exclusive`` serialises
+        users of the same model (sessions are thread-compatible, not thread-safe).
+        """
+        slot = self._admit(key, loader, estimate_bytes, pinned)
+        try:
+            if exclusive and not slot.use_lock.acquire(timeout=self.use_wait_s):
+                raise Busy(f"{key}: in use by other jobs for {self.use_wait_s:.0f} s; retry later")
+            try:
+                assert slot.value is not None
+                yield slot.value
+            finally:
+                if exclusive:
+                    slot.use_lock.release()
+        finally:
+            self._release(slot)
+
+    def evict(self, key: str, *, force: bool = False) -> bool:
+        """Unload ``key`` now if idle (configured pins only with ``force``); else at release."""
+        with self._cond:
+            slot = self._slots.get(key)
+            if slot is None or slot.loading:
+                return False
+            if (slot.pinned or key in self._pinned) and not force:
+                return False
+            if slot.users:
+                slot.doomed = True
+                return False
+            self._detach(slot)
+        self._close([slot], reason="requested")
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """Resident models and counters, JSON-able (the daemon's `stats` reply embeds this)."""
+        with self._cond:
+            n = self._n
+            models = [self._slot_stats(s) for s in self._slots.values() if not s.loading]
+            used = self._used()
+            lookups = n.hits + n.misses
+        rss = rss_bytes()
+        return {
+            "budget_bytes": self.budget,
+            "resident_bytes": used,
+            "free_bytes": max(0, self.budget - used),
+            "rss_bytes": rss,
+            "baseline_rss_bytes": self._baseline,
+            "untracked_bytes": rss - self._baseline - used,
+            "models": sorted(models, key=lambda m: -int(m["last_used"])),
+            "loads": n.loads,
+            "evictions": n.evictions,
+            "hits": n.hits,
+            "misses": n.misses,
+            "hit_rate": round(n.hits / lookups, 4) if lookups else None,
+            "busy": n.busy,
+            "refused": n.refused,
+            "load_errors": n.load_errors,
+            "peak_misses": n.peak_misses,
+            "load_seconds_total": round(n.load_s, 3),
+        }
+
+    def close(self) -> None:
+        """Unload everything idle; models still in use are unloaded when released."""
+        with self._cond:
+            self._closed = True
+            idle = [s for s in self._slots.values() if not s.loading and s.users == 0]
+            for slot in self._slots.values():
+                slot.doomed = True
+            for slot in idle:
+                self._detach(slot)
+        self._close(idle, reason="shutdown")
+
+    def resident(self) -> list[str]:
+        """Keys resident now, least recently used first."""
+        with self._cond:
+            ready = [s for s in self._slots.values() if not s.loading]
+            return [s.key for s in sorted(ready, key=lambda s: s.last_used)]
+
+    # ------------------------------------------------------------ admission
+
+    def _admit(
+        self, key: str, loader: Callable[[], T], estimate: int | None, pinned: bool
+    ) -> _Slot[T]:
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise Cancelled("the model pool is closed (shutting down)")
+                slot = self._slots.get(key)
+                if slot is not None and not slot.loading:
+                    return self._hit(slot, pinned)
+                need, victims = (0, None) if slot is not None else self._plan(key, estimate)
+                if victims is not None:
+                    break
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise self._busy(key, slot)
+            assert victims is not None
+            slot = self._reserve(key, need, pinned, victims)
+        self._close(victims, reason=f"room for {key}")
+        return self._load(slot, loader)
+
+    def _hit(self, slot: _Slot[T], pinned: bool) -> _Slot[T]:
+        slot.users += 1
+        slot.hits += 1
+        slot.pinned |= pinned
+        slot.last_used = next(self._tick)
+        self._n.hits += 1
+        return slot
+
+    def _need(self, key: str, estimate: int | None) -> int:
+        """Bytes to reserve for loading ``key``; MemoryBudgetExceeded if it can never fit.
+
+        A measured peak is trusted. A guess reserves size x LOAD_PEAK_FACTOR capped at the
+        room (load it alone) but refuses only at size x MIN_PEAK_FACTOR, so the pessimistic
+        factor never refuses a model that would have fitted.
+        """
+        fixed = [s for s in self._slots.values() if not s.loading and self._is_pinned(s)]
+        room = self.budget - sum(s.cost for s in fixed)
+        known = self.estimates.get(key)
+        if known is not None:
+            need = max(known.peak_bytes, known.resident_bytes)
+            least, how = need, "measured"
+        elif estimate:
+            least = int(max(estimate, MIN_COST) * MIN_PEAK_FACTOR)
+            need, how = int(estimate * LOAD_PEAK_FACTOR), "estimated from its size"
+        else:
+            least, need, how = MIN_COST, int(DEFAULT_ESTIMATE * LOAD_PEAK_FACTOR), "no estimate"
+        if least > room:
+            self._n.refused += 1
+            raise MemoryBudgetExceeded(self._refusal(key, least, how, fixed, room))
+        return min(need, room)
+
+    def _plan(self, key: str, estimate: int | None) -> tuple[int, list[_Slot[T]] | None]:
+        """(bytes to reserve, victims that make room); victims None if it must wait."""
+        need = self._need(key, estimate)
+        free = self.budget - self._used()
+        if free >= need:
+            return need, []
+        idle = sorted(
+            (s for s in self._slots.values() if self._evictable(s)), key=lambda s: s.last_used
+        )
+        victims: list[_Slot[T]] = []
+        for slot in idle:
+            if free >= need + self.slack or (free >= need and len(victims) >= 3):
+                break
+            victims.append(slot)
+            free += slot.cost
+        return need, victims if free >= need else None
+
+    def _refusal(self, key: str, need: int, how: str, fixed: list[_Slot[T]], room: int) -> str:
+        msg = f"{key} needs {format_bytes(need)} to load ({how}) but the memory budget is {format_bytes(self.budget)}"
+        if need <= self.budget:
+            names = ", ".join(s.key for s in fixed)
+            msg += f" and pinned models ({names}) hold {format_bytes(self.budget - room)}: unpin some (pinned_models) or"
+        else:
+            msg += ":"
+        return f"{msg} raise memory_budget (and the cgroup MemoryMax), or use a smaller/quantized model"
+
+    def _busy(self, key: str, loading: _Slot[T] | None) -> Busy:
+        self._n.busy += 1
+        if loading is not None:
+            return Busy(f"{key}: still loading after {self.wait_s:.1f} s; retry later")
+        in_use = ", ".join(s.key for s in self._slots.values() if s.users) or "none"
+        return Busy(
+            f"no memory for {key} within {self.wait_s:.1f} s: the budget "
+            f"({format_bytes(self.budget)}) is held by models in use ({in_use}); retry later, "
+            "run fewer jobs at once, or raise memory_budget / admission_wait_s"
+        )
+
+    def _reserve(self, key: str, need: int, pinned: bool, victims: list[_Slot[T]]) -> _Slot[T]:
+        for victim in victims:
+            self._detach(victim)
+        slot: _Slot[T] = _Slot(key, reserved=need, users=1, pinned=pinned)
+        slot.last_used = next(self._tick)
+        self._slots[key] = slot
+        self._n.misses += 1
+        return slot
+
+    # ------------------------------------------------------------ load / release
+
+    def _load(self, slot: _Slot[T], loader: Callable[[], T]) -> _Slot[T]:
+        try:
+            with self._load_lock:
+                value, cost, peak, pss, seconds = self._measure(loader)
+        except BaseException:
+            with self._cond:
+                self._slots.pop(slot.key, None)
+                self._n.load_errors += 1
+                self._cond.notify_all()
+            release_memory()
+            raise
+        self.estimates.observe(slot.key, cost, peak)
+        with self._cond:
+            if peak > slot.reserved:
+                self._n.peak_misses += 1
+            slot.value, slot.cost, slot.reserved, slot.loading = value, cost, 0, False
+            slot.peak, slot.pss, slot.load_s = peak, pss, seconds
+            slot.loads = self._loads_by_key[slot.key] = self._loads_by_key.get(slot.key, 0) + 1
+            self._n.loads += 1
+            self._n.load_s += seconds
+            overflow = self._overflow()
+            self._cond.notify_all()
+        log.info(
+            "model_loaded", key=slot.key, bytes=cost, peak_bytes=peak, seconds=round(seconds, 3)
+        )
+        self._emit("load", {"key": slot.key, "bytes": cost, "peak_bytes": peak, "seconds": seconds})
+        self._close(overflow, reason="over budget after load")
+        return slot
+
+    def _measure(self, loader: Callable[[], T]) -> tuple[T, int, int, int | None, float]:
+        pss_before = pss_bytes()
+        before = rss_bytes()
+        sampler = PeakSampler(self.sampler_interval_s).start()
+        start = time.perf_counter()
+        try:
+            value = loader()
+        finally:
+            top = sampler.stop()
+        seconds = time.perf_counter() - start
+        # Freed load buffers (protobuf bytes, unpacked weights) sit in glibc's heap until a
+        # trim; without it a 10 MB model reads as 30 MB resident. (No gc here: a full
+        # collection costs ~100 ms and a fresh load leaves no garbage cycles behind.)
+        malloc_trim()
+        cost = max(rss_bytes() - before, MIN_COST)
+        pss_after = pss_bytes()
+        pss = pss_after - pss_before if pss_after is not None and pss_before is not None else None
+        return value, cost, max(top - before, cost), pss, seconds
+
+    def _overflow(self) -> list[_Slot[T]]:
+        """A load that cost more than predicted: evict idle models until back under budget."""
+        victims = []
+        idle = sorted(
+            (s for s in self._slots.values() if self._evictable(s)), key=lambda s: s.last_used
+        )
+        for slot in idle:
+            if self._used() <= self.budget:
+                break
+            self._detach(slot)
+            victims.append(slot)
+        return victims
+
+    def _release(self, slot: _Slot[T]) -> None:
+        with self._cond:
+            slot.users -= 1
+            slot.last_used = next(self._tick)
+            doomed = slot.doomed and slot.users == 0 and self._slots.get(slot.key) is slot
+            if doomed:
+                self._detach(slot)
+            self._cond.notify_all()
+        if doomed:
+            self._close([slot], reason="released after evict/close")
+
+    # ------------------------------------------------------------ eviction helpers
+
+    def _is_pinned(self, slot: _Slot[T]) -> bool:
+        return slot.pinned or slot.key in self._pinned
+
+    def _evictable(self, slot: _Slot[T]) -> bool:
+        return not slot.loading and slot.users == 0 and not self._is_pinned(slot)
+
+    def _used(self) -> int:
+        return sum(s.charged for s in self._slots.values()) + self._releasing
+
+    def _detach(self, slot: _Slot[T]) -> None:
+        """Under the lock: remove from the table, keep its bytes charged until it is closed."""
+        del self._slots[slot.key]
+        self._releasing += slot.cost
+
+    def _close(self, victims: list[_Slot[T]], *, reason: str) -> None:
+        """Outside the lock: close victims, give the memory back, then free their charge."""
+        if not victims:
+            return
+        for slot in victims:
+            if slot.value is not None:
+                self._closer(slot.value)
+            slot.value = None
+        freed = release_memory()
+        with self._cond:
+            self._releasing -= sum(s.cost for s in victims)
+            self._n.evictions += len(victims)
+            self._cond.notify_all()
+        keys = [s.key for s in victims]
+        log.info("models_evicted", keys=keys, reason=reason, rss_returned=freed)
+        for slot in victims:
+            self._emit("evict", {"key": slot.key, "bytes": slot.cost, "reason": reason})
+
+    def _emit(self, event: str, fields: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            self._on_event(event, fields)
+
+    def _slot_stats(self, slot: _Slot[T]) -> dict[str, Any]:
+        return {
+            "key": slot.key,
+            "bytes": slot.cost,
+            "peak_bytes": slot.peak,
+            "pss_bytes": slot.pss,
+            "users": slot.users,
+            "pinned": self._is_pinned(slot),
+            "loads": slot.loads,
+            "hits": slot.hits,
+            "load_seconds": round(slot.load_s, 3),
+            "last_used": slot.last_used,
+        }

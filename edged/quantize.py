@@ -1,0 +1,287 @@
+"""Quantize an fp32/fp16 ONNX model (or the UNet of a model dir) with onnxruntime's tools.
+
+Schemes:
+
+- ``dynamic-int8``  8-bit weights, activations quantized at run time (MatMulInteger,
+                    ConvInteger + DynamicQuantizeLinear). Weights are uint8: ORT's CPU
+                    ConvInteger has no int8-weight kernel. SD UNets are ~70 % conv weights, so
+                    skipping convs (``convs=False``) saves little.
+- ``qdq-int8``      static QDQ (QuantizeLinear/DequantizeLinear) calibrated on inputs; without
+                    user data the calibration feeds are random draws shaped like the inputs,
+                    which suits diffusion latents/noise but not images.
+- ``int4-weights``  4-bit block-wise weight-only MatMul/Gemm (``MatMulNBits``), activations
+                    fp32; then convolutions as in ``dynamic-int8`` (``convs=False`` keeps them
+                    fp32: MatMulNBits has no conv form).
+
+Needs ``onnx`` and (for int4) ``onnx-ir`` + ``ml_dtypes``: ``pip install edged[quantize]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.errors import BackendUnavailable, BadRequest, ModelLoadError, ModelNotFound
+
+SCHEMES = ("dynamic-int8", "qdq-int8", "int4-weights")
+# ONNX protobufs stop at 2 GB: above this, tensors go to a side file (model.onnx.data).
+_EXTERNAL_ABOVE = 1 << 30
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+_DTYPES["tensor(int32)"] = np.int32
+_TIMESTEPS = np.array([999, 759, 499, 259])
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    src: Path
+    dst: Path
+    scheme: str
+    src_bytes: int
+    dst_bytes: int
+    seconds: float
+    op_counts: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "src": str(self.src),
+            "dst": str(self.dst),
+            "scheme": self.scheme,
+            "src_bytes": self.src_bytes,
+            "dst_bytes": self.dst_bytes,
+            "ratio": round(self.dst_bytes / max(1, self.src_bytes), 3),
+            "seconds": round(self.seconds, 1),
+            "op_counts": self.op_counts,
+        }
+
+
+def model_bytes(path: Path) -> int:
+    """The .onnx file plus its external-data files."""
+    total = path.stat().st_size
+    for side in path.parent.glob(f"{path.name}.data*"):
+        total += side.stat().st_size
+    return total
+
+
+def _quant_modules() -> Any:
+    try:
+        from onnxruntime import quantization
+    except ImportError as exc:  # onnx missing: quantization imports it at module level
+        raise BackendUnavailable(
+            f"quantization needs onnx: pip install edged[quantize] ({exc})"
+        ) from exc
+    return quantization
+
+
+def random_feeds(path: Path, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds drawn from N(0, 1) in each input's shape (dynamic dims -> 1 / 8)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    feeds: list[dict[str, np.ndarray]] = []
+    for _ in range(count):
+        one: dict[str, np.ndarray] = {}
+        for arg in sess.get_inputs():
+            dims = [
+                d if isinstance(d, int) else (1 if i == 0 else 8) for i, d in enumerate(arg.shape)
+            ]
+            dtype = _DTYPES.get(arg.type, np.float32)
+            if arg.name == "timestep":  # diffusion UNets: the timesteps 1-4 step samplers use
+                one[arg.name] = rng.choice(_TIMESTEPS, size=dims).astype(dtype)
+            elif np.issubdtype(dtype, np.integer):
+                one[arg.name] = rng.integers(0, 1000, size=dims).astype(dtype)
+            else:
+                one[arg.name] = rng.standard_normal(dims).astype(dtype)
+        feeds.append(one)
+    return feeds
+
+
+class _Reader:
+    """CalibrationDataReader over a list of feeds (duck-typed: get_next/rewind)."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+        self._feeds = list(feeds)
+        self._it: Iterator[dict[str, np.ndarray]] = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+
+def _dynamic(src: Path, dst: Path, external: bool, op_types: Sequence[str]) -> None:
+    q = _quant_modules()
+    q.quantize_dynamic(
+        src,
+        dst,
+        op_types_to_quantize=list(op_types),
+        weight_type=q.QuantType.QUInt8,
+        use_external_data_format=external,
+    )
+
+
+def timestep_only_nodes(path: Path, input_name: str = "timestep") -> list[str]:
+    """Nodes computing only from ``timestep`` (the sinusoidal time embedding and its MLP).
+
+    Sin/Cos of a quantized phase at t~999 lose whole radians, so static int8 ruins the
+    embedding; these few small nodes stay fp32.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    free = {init.name for init in graph.initializer} | {""}
+    tainted = {input_name}
+    excluded: list[str] = []
+    for node in graph.node:
+        dynamic = [i for i in node.input if i not in free]
+        if not dynamic:
+            free.update(node.output)
+        elif all(i in tainted for i in dynamic):
+            tainted.update(node.output)
+            excluded.append(node.name)
+    return excluded
+
+
+def _qdq(
+    src: Path, dst: Path, external: bool, feeds: Sequence[dict[str, np.ndarray]] | None
+) -> None:
+    q = _quant_modules()
+    reader = _Reader(feeds if feeds is not None else random_feeds(src, 8))
+    with tempfile.TemporaryDirectory(prefix="edged-calib-") as tmp:
+        q.quantize_static(
+            src,
+            dst,
+            reader,
+            quant_format=q.QuantFormat.QDQ,
+            activation_type=q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=timestep_only_nodes(src),
+            use_external_data_format=external,
+            calibration_cache_path=Path(tmp) / "calib",
+            extra_options={"ActivationSymmetric": True},
+        )
+
+
+def _int4(src: Path, dst: Path, external: bool, block_size: int) -> None:
+    import onnx
+
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"int4 needs onnx-ir and ml_dtypes: pip install edged[quantize] ({exc})"
+        ) from exc
+    # The quantizer logs every node at INFO; keep a 3000-node UNet's log readable.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model = onnx.load(str(src), load_external_data=True)
+    quant = MatMulNBitsQuantizer(
+        model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=4
+    )
+    quant.process()
+    quant.model.save_model_to_file(str(dst), use_external_data_format=external)
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def quantize_file(
+    src: Path,
+    dst: Path,
+    scheme: str,
+    *,
+    calibration: Sequence[dict[str, np.ndarray]] | None = None,
+    block_size: int = 32,
+    convs: bool = True,
+) -> QuantizeReport:
+    """Quantize one .onnx file to ``dst`` (written atomically: tmp dir, then rename)."""
+    if scheme not in SCHEMES:
+        raise BadRequest(f"unknown scheme {scheme!r}; one of {', '.join(SCHEMES)}")
+    if not src.is_file():
+        raise ModelNotFound(f"{src} does not exist")
+    start = time.monotonic()
+    external = model_bytes(src) > _EXTERNAL_ABOVE
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".quant-", dir=dst.parent) as tmp:
+        out = Path(tmp) / dst.name
+        try:
+            if scheme == "dynamic-int8":
+                ops = ["MatMul", "Gemm", "Conv"] if convs else ["MatMul", "Gemm"]
+                _dynamic(src, out, external, ops)
+            elif scheme == "qdq-int8":
+                _qdq(src, out, external, calibration)
+            elif convs:
+                stage = Path(tmp) / "stage" / "model.onnx"
+                stage.parent.mkdir()
+                _int4(src, stage, external, block_size)
+                _dynamic(stage, out, external, ["Conv"])
+                shutil.rmtree(stage.parent)
+            else:
+                _int4(src, out, external, block_size)
+        except (BackendUnavailable, BadRequest):
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot quantize {src.name} with {scheme}: {exc}") from exc
+        for produced in Path(tmp).iterdir():
+            if produced.name == dst.name or produced.name.startswith(f"{dst.name}.data"):
+                os.replace(produced, dst.parent / produced.name)
+    return QuantizeReport(
+        src,
+        dst,
+        scheme,
+        model_bytes(src),
+        model_bytes(dst),
+        time.monotonic() - start,
+        op_counts(dst),
+    )
+
+
+def quantize_model_dir(src: Path, dst: Path, scheme: str, **kwargs: Any) -> QuantizeReport:
+    """A diffusers-layout dir: quantize ``unet/``; link the other components unchanged."""
+    if dst.resolve() == src.resolve():
+        raise BadRequest("--out must differ from the source model dir")
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.name == "unet" or (dst / item.name).exists():
+            continue
+        (dst / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    report = quantize_file(
+        src / "unet" / "model.onnx", dst / "unet" / "model.onnx", scheme, **kwargs
+    )
+    (dst / "unet" / "QUANTIZED").write_text(f"{scheme}\n", "utf-8")
+    return report
+
+
+def quantize(src: Path, dst: Path | None, scheme: str, **kwargs: Any) -> QuantizeReport:
+    """File or model dir; default ``dst`` is next to ``src`` with the scheme in the name."""
+    if src.is_dir():
+        if not (src / "unet" / "model.onnx").is_file():
+            raise ModelNotFound(
+                f"{src}: a directory must be a diffusers ONNX model dir (unet/model.onnx)"
+            )
+        return quantize_model_dir(
+            src, dst or src.with_name(f"{src.name}-{scheme}"), scheme, **kwargs
+        )
+    target = dst or src.with_name(f"{src.stem}.{scheme}.onnx")
+    if target.is_dir():
+        target = target / src.name
+    return quantize_file(src, target, scheme, **kwargs)

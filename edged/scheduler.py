@@ -1,0 +1,245 @@
+"""Bounded job queues and the worker threads that run them through the engine.
+
+One queue per stream plus one for requests. Workers pick requests first (configurable),
+then streams round-robin, and never run two jobs of one stream at once: a slow stream or
+a slow model holds at most one worker, so the others keep serving. Live streams drop their
+oldest queued frame when full (counted); files and inboxes wait for room instead.
+
+Every job is a ``concurrent.futures.Future``: the caller attaches done-callbacks; a job
+that is dropped or handed back (shutdown, stream removed) ends *cancelled*, never lost.
+The scheduler's ``last_progress`` is what the service's watchdog trusts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from edged.errors import Busy
+from edged.log import get_logger
+from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+
+log = get_logger("scheduler")
+
+RunFn = Callable[[TaskRequest, ProgressFn, threading.Event], TaskResult]
+"""``(request, progress, cancel) -> result``; normally ``Engine.run``."""
+
+REQUESTS = ""
+"""Queue name of requests (stream names are never empty)."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One unit of work; ``future`` resolves to the ``TaskResult`` or the error."""
+
+    request: TaskRequest
+    stream: str = REQUESTS
+    seq: int = 0
+    captured_at: float = field(default_factory=time.time)
+    meta: dict[str, Any] = field(default_factory=dict)
+    future: Future[TaskResult] = field(default_factory=Future)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Queue:
+    name: str
+    maxsize: int
+    drop_oldest: bool
+    jobs: deque[Job] = field(default_factory=deque)
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    dropped: int = 0
+    closed: bool = False
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "queued": len(self.jobs),
+            "running": self.running,
+            "done": self.done,
+            "failed": self.failed,
+            "dropped": self.dropped,
+        }
+
+
+class Scheduler:
+    """Worker pool over bounded per-stream queues and one request queue."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        workers: int = 2,
+        request_queue: int = 64,
+        requests_first: bool = True,
+    ) -> None:
+        self._run = run
+        self._requests_first = requests_first
+        self._cond = threading.Condition()
+        self._queues: dict[str, _Queue] = {REQUESTS: _Queue(REQUESTS, request_queue, False)}
+        # Rotation of queues served after (or, when requests are not first, with) requests.
+        self._rr: deque[str] = deque() if requests_first else deque([REQUESTS])
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"edged-worker-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        self._running_jobs: set[Job] = set()
+        self._stopping = False
+        self.last_progress = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Hand back every queued job, let running ones finish for ``timeout`` s, then cancel.
+
+        Returns True when every running job finished in time.
+        """
+        with self._cond:
+            self._stopping = True
+            for queue in self._queues.values():
+                self._hand_back(queue)
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            stuck = list(self._running_jobs)
+        for job in stuck:
+            job.cancel.set()  # tasks that check it (generation) stop at the next step
+        if stuck:
+            log.warning("jobs still running at shutdown", count=len(stuck))
+        return not stuck
+
+    # ------------------------------------------------------------------ queues
+
+    def add_stream(self, name: str, *, maxsize: int, drop_oldest: bool) -> None:
+        with self._cond:
+            if name in self._queues:
+                raise ValueError(f"stream {name!r} already scheduled")
+            self._queues[name] = _Queue(name, maxsize, drop_oldest)
+            self._rr.append(name)
+
+    def remove_stream(self, name: str) -> None:
+        """Forget a stream; its queued jobs are handed back (cancelled)."""
+        with self._cond:
+            queue = self._queues.pop(name, None)
+            if queue is None:
+                return
+            queue.closed = True
+            self._rr.remove(name)
+            self._hand_back(queue)
+            self._cond.notify_all()
+
+    def submit(self, job: Job, *, timeout: float | None = None) -> bool:
+        """Queue a job. Requests: ``Busy`` when full. Live streams: drop the oldest queued
+        frame. File streams: wait up to ``timeout`` for room; False if none came (or stopping).
+        """
+        with self._cond:
+            queue = self._queues.get(job.stream)
+            if queue is None or queue.closed or self._stopping:
+                if job.stream == REQUESTS:
+                    raise Busy("the daemon is shutting down; retry after it restarts")
+                return False
+            if len(queue.jobs) >= queue.maxsize:
+                if job.stream == REQUESTS:
+                    raise Busy(
+                        f"request queue full ({queue.maxsize}); retry later or raise zmq.max_queue"
+                    )
+                if queue.drop_oldest:
+                    queue.jobs.popleft().future.cancel()
+                    queue.dropped += 1
+                else:
+                    self._cond.wait_for(
+                        lambda: len(queue.jobs) < queue.maxsize or queue.closed or self._stopping,
+                        timeout,
+                    )
+                    if len(queue.jobs) >= queue.maxsize or queue.closed or self._stopping:
+                        return False
+            queue.jobs.append(job)
+            # Workers and blocked submitters share one condition: wake all, let each re-check.
+            self._cond.notify_all()
+            return True
+
+    def has_room(self, stream: str) -> bool:
+        with self._cond:
+            queue = self._queues.get(stream)
+            return queue is not None and len(queue.jobs) < queue.maxsize
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            streams = {n: q.stats() for n, q in self._queues.items() if n != REQUESTS}
+            return {
+                "requests": self._queues[REQUESTS].stats(),
+                "streams": streams,
+                "workers": len(self._threads),
+                "busy_workers": len(self._running_jobs),
+                "last_progress_age_s": round(time.monotonic() - self.last_progress, 3),
+            }
+
+    # ------------------------------------------------------------------ workers
+
+    def _hand_back(self, queue: _Queue) -> None:
+        while queue.jobs:
+            queue.jobs.popleft().future.cancel()
+
+    def _pick(self) -> tuple[_Queue, Job] | None:
+        requests = self._queues[REQUESTS]
+        if self._requests_first and requests.jobs:
+            return requests, requests.jobs.popleft()
+        # Round-robin; a stream with a job already running waits, so one stream never holds
+        # more than one worker (requests may use them all).
+        for name in list(self._rr):
+            queue = self._queues[name]
+            if queue.jobs and (name == REQUESTS or queue.running == 0):
+                self._rr.remove(name)
+                self._rr.append(name)
+                return queue, queue.jobs.popleft()
+        return None
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                picked = self._pick()
+                while picked is None:
+                    if self._stopping:
+                        return
+                    # The timeout doubles as the idle heartbeat the watchdog relies on.
+                    self._cond.wait(0.5)
+                    self.last_progress = time.monotonic()
+                    picked = self._pick()
+                queue, job = picked
+                self._cond.notify_all()  # room in the queue: wake a file source waiting on it
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                queue.running += 1
+                self._running_jobs.add(job)
+            ok = self._execute(job)
+            with self._cond:
+                queue.running -= 1
+                self._running_jobs.discard(job)
+                queue.done += ok
+                queue.failed += not ok
+                self.last_progress = time.monotonic()
+                self._cond.notify_all()
+
+    def _execute(self, job: Job) -> bool:
+        def progress(step: int, total: int, message: str) -> None:
+            self.last_progress = time.monotonic()  # long jobs prove liveness step by step
+
+        try:
+            result = self._run(job.request, progress, job.cancel)
+        except Exception as exc:  # every failure belongs to the job's future
+            job.future.set_exception(exc)
+            return False
+        job.future.set_result(result)
+        return True

@@ -1,0 +1,320 @@
+"""``edged run``: the daemon's lifecycle.
+
+probe -> profile -> engine/pool -> warm-up -> scheduler, request server, publisher, streams
+-> ``READY=1``. The main thread then only watches: it pets the systemd watchdog when the
+scheduler proves progress, publishes stats, and handles signals. SIGTERM drains (sources
+stop, queued jobs are handed back, running jobs get ``service.drain_timeout_s``) and exits 0;
+SIGHUP reloads the config and restarts only the streams whose settings changed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edged.config import Settings, StreamSettings, load_settings
+from edged.engine import Engine, LoadedModel
+from edged.errors import EdgedError
+from edged.log import get_logger
+from edged.scheduler import Job, Scheduler
+from edged.sdnotify import Notifier
+from edged.streams import StreamRunner
+from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+
+log = get_logger("service")
+
+
+class Service:
+    """The running daemon; ``run()`` blocks until SIGTERM/SIGINT and returns the exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_file: Path | None = None,
+        overrides: dict[str, Any] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self._config_file = config_file
+        self._overrides = dict(overrides or {})
+        self.notifier = notifier or Notifier()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._streams: dict[str, StreamRunner] = {}
+        self._started_at = time.monotonic()
+        self.engine: Engine | None = None
+        self.scheduler: Scheduler | None = None
+        self.publisher: Any = None
+        self.server: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            self.start()
+            self._main_loop()
+        finally:
+            self.shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def start(self) -> None:
+        from edged.io.publisher import Publisher
+        from edged.io.server import RequestServer
+        from edged.pool import ModelPool
+        from edged.profiles import choose
+
+        svc = self.settings.service
+        self.notifier.status("probing hardware")
+        choice = choose(self.settings)
+        log.info("profile", profile=choice.profile.name, reasons=choice.reasons)
+        self.settings.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        # Bound before warm-up so subscribers also see the warm-up loads as events.model.
+        self.publisher = Publisher(self.settings)
+        pool: ModelPool[LoadedModel] = ModelPool.from_settings(
+            self.settings,
+            profile_budget=choice.profile.memory_budget,
+            cgroup_max=choice.hardware.cgroup_memory_max,
+            on_event=self._on_pool_event,
+        )
+        self.engine = Engine(self.settings, profile=choice, pool=pool)
+        self.notifier.status("warming up models")
+        self._warm_up(self.settings.warmup_models)
+        self.scheduler = Scheduler(
+            self._run_job,
+            workers=svc.workers,
+            request_queue=self.settings.zmq.max_queue,
+            requests_first=svc.requests_first,
+        )
+        self.scheduler.start()
+        self.server = RequestServer(
+            self.settings, self._handle_request, stats_fn=self.stats, models_fn=self._models
+        )
+        self.server.start()
+        for cfg in self.settings.streams:
+            self._add_stream(cfg)
+        status = self._status()
+        self.notifier.ready(status)
+        self.publish_event("service", {"state": "ready", "pid": os.getpid()})
+        log.info("ready", status=status)
+
+    def shutdown(self) -> None:
+        """Bounded: sources stop, queued work is handed back, running jobs get the drain time."""
+        self.notifier.stopping()
+        log.info("stopping")
+        for runner in list(self._streams.values()):
+            runner.stop(timeout=1.0)
+        self._streams.clear()
+        finished = True
+        if self.scheduler is not None:
+            finished = self.scheduler.stop(self.settings.service.drain_timeout_s)
+            log.info("drained", all_finished=finished)
+        if self.server is not None:
+            self.server.stop()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.engine is not None and finished:
+            # Never free sessions under a job that is still running native code: the process
+            # exit reclaims them instead.
+            self.engine.close()
+        self.notifier.close()
+        log.info("stopped")
+
+    def _install_signals(self) -> None:
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            self._stop.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def _main_loop(self) -> None:
+        assert self.scheduler is not None
+        interval = self.notifier.watchdog_interval_s
+        next_ping = time.monotonic()
+        next_stats = time.monotonic() + self.settings.zmq.stats_interval_s
+        while not self._stop.wait(0.2):
+            now = time.monotonic()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if interval is not None and now >= next_ping:
+                self._pet_watchdog(interval)
+                next_ping = now + interval
+            if now >= next_stats:
+                self.publish_stats()
+                next_stats = now + self.settings.zmq.stats_interval_s
+
+    def _pet_watchdog(self, interval: float) -> None:
+        assert self.scheduler is not None
+        # Only a scheduler that moved recently earns the ping: wedged workers let systemd
+        # restart us instead of being hidden by a healthy main thread.
+        age = time.monotonic() - self.scheduler.last_progress
+        if age < 2 * interval:
+            self.notifier.watchdog()
+        else:
+            log.error("no scheduler progress; withholding watchdog ping", age_s=round(age, 1))
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_settings(self._config_file, self._overrides)
+        except EdgedError as exc:
+            log.error("reload failed; keeping the running config", error=str(exc))
+            self.publish_event("service", {"state": "reload_failed", "error": str(exc)})
+            self.notifier.ready(f"reload failed: {str(exc).splitlines()[0]}; " + self._status())
+            return
+        old = {s.name: s for s in self.settings.streams}
+        wanted = {s.name: s for s in new.streams}
+        for name, cfg in old.items():
+            if wanted.get(name) != cfg:
+                self._remove_stream(name)
+        self.settings = new
+        self._warm_up([m for m in new.warmup_models if m])
+        for name, cfg in wanted.items():
+            if name not in self._streams:
+                self._add_stream(cfg)
+        status = self._status()
+        self.publish_event("service", {"state": "reloaded", "streams": sorted(self._streams)})
+        self.notifier.ready(status)
+        log.info("reloaded", status=status)
+
+    # ------------------------------------------------------------------ streams
+
+    def _add_stream(self, cfg: StreamSettings) -> None:
+        assert self.scheduler is not None
+        try:
+            runner = StreamRunner(
+                cfg,
+                self.settings.service,
+                self.scheduler,
+                self.publish_result,
+                self.publish_event,
+                outbox_dir=self.settings.outbox_dir,
+            )
+            runner.start(self.settings.service.stream_queue)
+        except EdgedError as exc:
+            # One bad stream must not keep the others (or the request server) from running.
+            log.error("stream not started", stream=cfg.name, error=str(exc))
+            self.publish_event("stream", {"stream": cfg.name, "state": "down", "error": str(exc)})
+            return
+        self._streams[cfg.name] = runner
+
+    def _remove_stream(self, name: str) -> None:
+        runner = self._streams.pop(name, None)
+        if runner is not None:
+            runner.stop(timeout=1.0)
+            self.publish_event("stream", {"stream": name, "state": "removed"})
+
+    # ------------------------------------------------------------------ jobs
+
+    def _run_job(
+        self, request: TaskRequest, progress: ProgressFn, cancel: threading.Event
+    ) -> TaskResult:
+        assert self.engine is not None
+        return self.engine.run(request, progress=progress, cancel=cancel)
+
+    def _handle_request(self, request: Any) -> Future[Any]:
+        """RequestServer handler: queue the job, resolve to a ``Reply`` (never raises)."""
+        from edged.io.protocol import Reply
+
+        assert self.scheduler is not None
+        reply: Future[Any] = Future()
+        job = Job(request.task_request, captured_at=request.received_at)
+
+        def done(fut: Future[TaskResult]) -> None:
+            if fut.cancelled():
+                reply.set_result(Reply.failure("busy", "shutting down; retry after restart"))
+            elif (exc := fut.exception()) is not None:
+                if not isinstance(exc, EdgedError):
+                    log.error("request failed", id=request.id, error=repr(exc))
+                reply.set_result(Reply.from_error(exc))
+            else:
+                try:
+                    reply.set_result(Reply.from_result(fut.result(), encoding=request.encoding))
+                except Exception as enc_exc:  # the client always gets a reply
+                    reply.set_result(Reply.from_error(enc_exc))
+
+        job.future.add_done_callback(done)
+        try:
+            self.scheduler.submit(job)
+        except EdgedError as exc:
+            reply.set_result(Reply.from_error(exc))
+        return reply
+
+    def _warm_up(self, models: list[str]) -> None:
+        assert self.engine is not None
+        for name in models:
+            try:
+                with self.engine.acquire(name):
+                    pass
+            except EdgedError as exc:
+                log.error("warm-up failed", model=name, error=str(exc))
+                self.publish_event("model", {"model": name, "state": "failed", "error": str(exc)})
+                continue
+            log.info("warmed up", model=name)
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish_result(self, stream: str, seq: int, result: TaskResult, captured_at: float) -> None:
+        if self.publisher is None:
+            return
+        # The publisher serialises its own sends; encoding runs on the caller's thread.
+        self.publisher.publish_result(stream, seq, result, captured_at=captured_at)
+
+    def publish_event(self, name: str, data: dict[str, Any]) -> None:
+        if self.publisher is None:
+            return
+        # The publisher serialises its own sends; encoding runs on the caller's thread.
+        self.publisher.publish_event(name, data)
+
+    def _on_pool_event(self, event: str, fields: dict[str, Any]) -> None:
+        self.publish_event("model", {"state": event, **fields})
+
+    def publish_stats(self) -> None:
+        if self.publisher is None:
+            return
+        data = self.stats()
+        # The publisher serialises its own sends; encoding runs on the caller's thread.
+        self.publisher.publish_stats(data)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "rss_max_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "scheduler": self.scheduler.stats() if self.scheduler else {},
+            "streams": {name: r.stats() for name, r in self._streams.items()},
+            "pool": self.engine.stats() if self.engine else {},
+        }
+
+    def _models(self) -> list[dict[str, Any]]:
+        if self.engine is None:
+            return []
+        return [
+            {"name": e.name, "task": e.task, "family": e.family, "licence": e.licence}
+            for e in self.engine.catalog
+        ]
+
+    def _status(self) -> str:
+        streams = ", ".join(sorted(self._streams)) or "none"
+        return f"ready: {len(self._streams)} stream(s) [{streams}], requests on {self.settings.requests_endpoint}"

@@ -1,0 +1,112 @@
+"""What the pool learns and reports: the per-model cost table and process memory figures.
+
+The estimate table is what lets the pool predict a model's cost before loading it: every
+load records the measured resident bytes and the transient load peak; the table is saved as
+JSON in ``state_dir`` so the next start predicts from real numbers instead of file sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edged.log import get_logger
+from edged.memory import read_cgroup_memory, snapshot
+
+log = get_logger(__name__)
+
+ESTIMATES_FILE = "pool-estimates.json"
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Measured cost of one model: resident after load + warm-up, and the load-time peak."""
+
+    resident_bytes: int
+    peak_bytes: int
+    observations: int
+
+
+def _blend(old: int, new: int) -> int:
+    """Up at once (never under-budget twice), down slowly (one lucky reading is not a trend)."""
+    return new if new >= old else round(0.75 * old + 0.25 * new)
+
+
+class EstimateTable:
+    """Per-model cost estimates, improved by every observation and persisted as JSON."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._table: dict[str, Estimate] = self._read(path) if path is not None else {}
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Estimate]:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            models = raw["models"] if raw.get("version") == _VERSION else {}
+            return {
+                str(k): Estimate(
+                    int(v["resident_bytes"]), int(v["peak_bytes"]), int(v["observations"])
+                )
+                for k, v in models.items()
+            }
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A damaged table only costs predictions: start afresh, say so, overwrite on save.
+            log.warning("pool_estimates_unreadable", path=str(path), error=str(exc))
+            return {}
+
+    def get(self, key: str) -> Estimate | None:
+        with self._lock:
+            return self._table.get(key)
+
+    def observe(self, key: str, resident_bytes: int, peak_bytes: int) -> Estimate:
+        """Fold one measurement in and save the table."""
+        with self._lock:
+            old = self._table.get(key)
+            new = (
+                Estimate(resident_bytes, peak_bytes, 1)
+                if old is None
+                else Estimate(
+                    _blend(old.resident_bytes, resident_bytes),
+                    _blend(old.peak_bytes, peak_bytes),
+                    old.observations + 1,
+                )
+            )
+            self._table[key] = new
+            self._save_locked()
+            return new
+
+    def _save_locked(self) -> None:
+        if self.path is None:
+            return
+        payload = {"version": _VERSION, "models": {k: asdict(v) for k, v in self._table.items()}}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)  # atomic: a crash never leaves half a table
+        except OSError as exc:
+            log.warning("pool_estimates_not_saved", path=str(self.path), error=str(exc))
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {k: asdict(v) for k, v in self._table.items()}
+
+
+def process_memory() -> dict[str, Any]:
+    """RSS/PSS/VmHWM of this process and its cgroup limit/usage: JSON-able."""
+    snap = snapshot().as_dict()
+    cgroup = read_cgroup_memory()
+    return {
+        **snap,
+        "cgroup_max_bytes": cgroup.max if cgroup else None,
+        "cgroup_current_bytes": cgroup.current if cgroup else None,
+    }

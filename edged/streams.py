@@ -1,0 +1,129 @@
+"""Glue between one configured ``[[streams]]`` entry, its source and the scheduler.
+
+A frame becomes a ``Job``; when the job ends its result is published (``{stream}.{task}``),
+and a source that owns its input (the inbox) is told whether to complete, fail or take the
+input back. Source state changes become ``events.stream`` events.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from edged.config import ServiceSettings, StreamSettings
+from edged.io.inbox import InboxSource
+from edged.io.sources import CaptureSource, Frame, ImageSource, Source, source_kind
+from edged.log import get_logger
+from edged.scheduler import Job, Scheduler
+from edged.tasks.base import TaskRequest, TaskResult
+
+log = get_logger("streams")
+
+PublishResult = Callable[[str, int, TaskResult, float], None]
+"""``(stream, seq, result, captured_at)``."""
+PublishEvent = Callable[[str, dict[str, Any]], None]
+"""``(name, data)``: published on ``events.{name}``."""
+
+
+class StreamRunner:
+    """One stream: builds its source, feeds the scheduler, routes results."""
+
+    def __init__(
+        self,
+        cfg: StreamSettings,
+        service: ServiceSettings,
+        scheduler: Scheduler,
+        publish_result: PublishResult,
+        publish_event: PublishEvent,
+        *,
+        outbox_dir: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.kind = source_kind(cfg.source)
+        self.live = self.kind in ("camera", "stream")
+        self._scheduler = scheduler
+        self._publish_result = publish_result
+        self._publish_event = publish_event
+        self._errors = 0
+        self._lock = threading.Lock()
+        self.source = self._build_source(service, outbox_dir)
+
+    def _build_source(self, service: ServiceSettings, outbox_dir: Path | None) -> Source:
+        if self.kind == "inbox":
+            outbox = outbox_dir / self.cfg.name if outbox_dir else None
+            return InboxSource(
+                self.cfg,
+                service,
+                self._deliver,
+                self._on_state,
+                outbox=outbox,
+                has_room=lambda: self._scheduler.has_room(self.cfg.name),
+            )
+        if self.kind == "image":
+            return ImageSource(self.cfg, self._deliver, self._on_state)
+        return CaptureSource(self.cfg, service, self._deliver, self._on_state)
+
+    def start(self, queue_size: int) -> None:
+        self._scheduler.add_stream(self.cfg.name, maxsize=queue_size, drop_oldest=self.live)
+        self.source.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Forget the queue (queued inbox files go back to the inbox), then stop reading.
+
+        Closing the queue first also releases a file source blocked waiting for room.
+        """
+        self._scheduler.remove_stream(self.cfg.name)
+        self.source.stop(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.source.stats(), "task": self.cfg.task, "errors": self._errors}
+
+    def _deliver(self, frame: Frame) -> bool:
+        request = TaskRequest(
+            task=self.cfg.task,
+            model=self.cfg.model,
+            image=frame.image,
+            params=dict(self.cfg.params),
+        )
+        job = Job(
+            request,
+            stream=self.cfg.name,
+            seq=frame.seq,
+            captured_at=frame.captured_at,
+            meta=frame.meta,
+        )
+        job.future.add_done_callback(lambda fut: self._done(frame, job, fut))
+        # Live frames never wait (the queue drops its oldest); files wait for room.
+        return self._scheduler.submit(job, timeout=0 if self.live else None)
+
+    def _done(self, frame: Frame, job: Job, fut: Future[TaskResult]) -> None:
+        ticket = frame.ticket
+        if fut.cancelled():
+            if ticket is not None:
+                ticket.hand_back()
+            return
+        error = fut.exception()
+        if error is not None:
+            with self._lock:
+                self._errors += 1
+                first = self._errors == 1
+            log.warning("stream job failed", stream=self.cfg.name, seq=job.seq, error=str(error))
+            if first or ticket is not None:
+                self._publish_event(
+                    "job",
+                    {"stream": self.cfg.name, "seq": job.seq, "ok": False, "error": str(error)},
+                )
+            if ticket is not None:
+                ticket.fail(error)
+            return
+        result = fut.result()
+        if ticket is not None:
+            ticket.complete(result)
+        if self.cfg.publish:
+            self._publish_result(self.cfg.name, job.seq, result, job.captured_at)
+
+    def _on_state(self, state: str, data: dict[str, Any]) -> None:
+        self._publish_event("stream", {"stream": self.cfg.name, "state": state, **data})

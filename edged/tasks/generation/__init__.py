@@ -1,0 +1,159 @@
+"""Text-to-image: SD-Turbo / LCM / small SD from a diffusers-layout ONNX directory.
+
+Request: ``prompt`` plus params ``steps``, ``guidance_scale``, ``seed``, ``width``,
+``height``, ``negative_prompt``, ``decoder`` (vae | vaelight | taesd | taef2 | path.onnx),
+``residency`` (auto | resident | staged), ``model_dir``. Output ``image`` (H x W x 3 RGB).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edged.errors import BadRequest, ModelNotFound
+from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+from edged.tasks.generation.pipeline import EmbedFn, GenParams, ModelDir, generate, run_text_encoder
+from edged.tasks.generation.staged import Residency, embedding_cache
+from edged.tasks.generation.tokenizer import ClipTokenizer
+
+if TYPE_CHECKING:
+    from edged.engine import Engine
+
+__all__ = ["encode_text", "resolve_model_dir", "run"]
+_INT_PARAMS = ("steps", "seed", "width", "height")
+
+
+def resolve_model_dir(engine: Engine | None, name: str | None) -> Path:
+    """A model dir path, a catalogue entry with a ``dir`` file, or a dir on the search path."""
+    if not name:
+        raise BadRequest("generation needs a model: a diffusers ONNX dir (model or model_dir)")
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if engine is not None:
+        try:
+            entry = engine.catalog.get(name)
+        except Exception:  # not catalogued; try the search path
+            entry = None
+        for file in entry.files if entry is not None else []:
+            located = engine.catalog.locate(file)
+            if located is not None and located.is_dir():
+                return located
+        for directory in engine.settings.model_search_path:
+            if (directory / name / "unet").is_dir():
+                return directory / name
+    raise ModelNotFound(
+        f"generation model {name!r} not found: give a model dir or add it to model_dirs"
+    )
+
+
+def _residency(
+    engine: Engine | None, model: ModelDir, strategy: str, decoder: str, pixels: int = 512 * 512
+) -> Residency:
+    from edged.tasks.generation import decoders
+
+    parts = {"unet": model.component("unet")}
+    if (model.root / "text_encoder" / "model.onnx").is_file():
+        parts["text_encoder"] = model.component("text_encoder")
+    parts[f"decoder:{decoder}"] = decoders.resolve(engine, decoder, model.root)[0]
+    threads = engine.settings.threads if engine is not None else None
+    return Residency(
+        engine, model.root, strategy=strategy, threads=threads, components=parts, pixels=pixels
+    )
+
+
+def local_embedder(model: ModelDir, residency: Residency) -> EmbedFn:
+    tokenizer = ClipTokenizer(model.root / "tokenizer")
+
+    def embed(prompt: str) -> npt.NDArray[np.float32]:
+        with residency.use("text_encoder", model.component("text_encoder")) as session:
+            return run_text_encoder(session, tokenizer.encode(prompt))
+
+    return embed
+
+
+def encode_text(engine: Engine | None, prompt: str, model_dir: Path) -> npt.NDArray[np.float32]:
+    """Prompt -> [1, 77, D] float32 embeddings (the ``text_encode`` request handler's work)."""
+    model = ModelDir.load(model_dir)
+    residency = _residency(engine, model, "auto", "vae") if engine else Residency(None, model_dir)
+    cache = embedding_cache(str(model.component("text_encoder")))
+    return cache.get_or_compute(prompt, local_embedder(model, residency))
+
+
+def _params(model: ModelDir, request: TaskRequest) -> GenParams:
+    raw: dict[str, Any] = dict(request.params)
+    steps, guidance = model.defaults()
+    try:
+        ints = {k: int(raw[k]) for k in _INT_PARAMS if k in raw}
+        return GenParams(
+            prompt=request.prompt or str(raw.get("prompt", "")),
+            negative_prompt=str(raw.get("negative_prompt", "")),
+            steps=ints.get("steps", steps),
+            guidance_scale=float(raw.get("guidance_scale", guidance)),
+            seed=ints.get("seed", 0),
+            width=ints.get("width", 512),
+            height=ints.get("height", 512),
+            decoder=str(raw.get("decoder", "vae")),
+        )
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"generation params: {exc}") from exc
+
+
+def run(
+    engine: Engine,
+    request: TaskRequest,
+    *,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> TaskResult:
+    start = time.perf_counter()
+    root = resolve_model_dir(engine, request.params.get("model_dir") or request.model)
+    model = ModelDir.load(root)
+    params = _params(model, request)
+    settings = engine.settings.generation
+    strategy = str(request.params.get("residency", settings.residency))
+    residency = _residency(
+        engine, model, strategy, params.decoder, pixels=params.width * params.height
+    )
+    remote = settings.text_encoder
+    embed: EmbedFn
+    if remote:
+        from edged.tasks.generation.remote import request_embeddings
+
+        def remote_embed(prompt: str) -> npt.NDArray[np.float32]:
+            return request_embeddings(
+                remote, prompt, request.model or root.name, model_dir=str(root)
+            )
+
+        embed = remote_embed
+        cache = embedding_cache(f"{remote}|{root}")
+    else:
+        embed = local_embedder(model, residency)
+        cache = embedding_cache(str(model.component("text_encoder")))
+    timings: dict[str, float] = {}
+    hits = cache.hits
+    image = generate(
+        model, params, residency, embed, cache, progress=progress, cancel=cancel, timings=timings
+    )
+    total = (time.perf_counter() - start) * 1000
+    meta = {
+        "seed": params.seed,
+        "steps": params.steps,
+        "guidance_scale": params.guidance_scale,
+        "family": model.family,
+        "residency": residency.strategy,
+        "decoder": params.decoder,
+        "text_encoder": "remote" if remote else "local",
+        "embedding_cache_hit": cache.hits > hits,
+        "seconds_per_stage": timings,
+    }
+    latency = {"pre": timings["text_encoder"] * 1000, "run": timings["unet"] * 1000}
+    latency.update(post=timings["decoder"] * 1000, total=total)
+    return TaskResult(
+        "generation", request.model or root.name, "onnx:cpu", {"image": image}, meta, latency
+    )

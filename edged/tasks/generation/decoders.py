@@ -1,0 +1,140 @@
+"""Latent decoders: the model's own VAE or a tiny TAESD-class decoder.
+
+Each decoder family declares which latents it understands (channels) and how UNet-space
+latents map to its input, so a wrong pairing is refused instead of decoding noise:
+
+- ``vae``      the model dir's ``vae_decoder`` (AutoencoderKL): input = latents / scaling.
+- ``vaelight`` VAElight (4 ch, approximate SD-1.x VAE): same unscaled latents as the VAE;
+               four outputs at 1x..8x that are summed after resizing to 8x.
+- ``taesd``    TAESD (4 ch): takes UNet-space latents directly, image in 0..1.
+- ``taef2``    TAEF2 (32 ch, FLUX.2 latents): only for latents of its own family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from edged.errors import BadRequest, ModelNotFound
+from edged.runtime.base import Session
+
+if TYPE_CHECKING:
+    from edged.engine import Engine
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class DecoderFamily:
+    name: str
+    latent_channels: int
+    unscale: bool
+    """True: divide UNet latents by the model's VAE scaling factor (0.18215 for SD)."""
+    output_range: tuple[float, float]
+    combine: Literal["first", "sum"] = "first"
+
+
+FAMILIES = {
+    "vae": DecoderFamily("vae", 4, True, (-1.0, 1.0)),
+    "vaelight": DecoderFamily("vaelight", 4, True, (-1.0, 1.0), "sum"),
+    "taesd": DecoderFamily("taesd", 4, False, (0.0, 1.0)),
+    "taef2": DecoderFamily("taef2", 32, False, (0.0, 1.0)),
+}
+# Catalogue names and families (ModelEntry.family) -> decoder family.
+ALIASES = {
+    "vaelight_decoder": "vaelight",
+    "vae-decoder-vaelight": "vaelight",
+    "taef2_decoder": "taef2",
+    "taesd_decoder": "taesd",
+    "vae-decoder-taesd": "taesd",
+}
+
+
+def family_named(name: str) -> DecoderFamily:
+    key = ALIASES.get(name, name)
+    if key not in FAMILIES:
+        known = ", ".join(sorted({*FAMILIES, *ALIASES}))
+        raise BadRequest(f"unknown decoder {name!r}; one of {known} (or a .onnx path)")
+    return FAMILIES[key]
+
+
+def check_pairing(family: DecoderFamily, latent_channels: int) -> None:
+    if family.latent_channels != latent_channels:
+        raise BadRequest(
+            f"decoder {family.name} takes {family.latent_channels}-channel latents but this "
+            f"model makes {latent_channels}; pick a decoder of the model's latent family"
+        )
+
+
+def resolve(engine: Engine | None, name: str, model_root: Path) -> tuple[Path, DecoderFamily]:
+    """Decoder name -> (onnx path, family). ``vae`` is the model dir's own decoder."""
+    if name == "vae":
+        path = model_root / "vae_decoder" / "model.onnx"
+        if not path.is_file():
+            raise ModelNotFound(f"{model_root}: no vae_decoder/model.onnx; pass decoder=vaelight")
+        return path, FAMILIES["vae"]
+    if name.endswith(".onnx"):
+        path = Path(name)
+        stem = path.stem
+        return _existing(path), family_named(stem if stem in ALIASES else "taesd")
+    family = family_named(name)
+    stem = name if name in ALIASES else f"{family.name}_decoder"
+    return _locate(engine, stem), family
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise ModelNotFound(f"decoder file {path} does not exist")
+    return path
+
+
+def _locate(engine: Engine | None, stem: str) -> Path:
+    """A shared decoder through the catalogue when it knows it, else on the model search path."""
+    if engine is not None:
+        try:
+            entry = engine.catalog.get(stem)
+        except Exception:  # not catalogued: fall back to the search path below
+            entry = None
+        for file in entry.files if entry is not None else []:
+            located = engine.catalog.locate(file)
+            if located is not None and located.suffix == ".onnx":
+                return located
+        for directory in engine.settings.model_search_path:
+            if (directory / f"{stem}.onnx").is_file():
+                return directory / f"{stem}.onnx"
+    raise ModelNotFound(f"decoder {stem}: not found; add {stem}.onnx to a model_dirs entry")
+
+
+def decode(session: Session, family: DecoderFamily, latents: F32, scaling: float) -> F32:
+    """Latents [B,C,h,w] -> image [B,3,8h,8w] float in 0..1."""
+    check_pairing(family, int(latents.shape[1]))
+    x = latents / scaling if family.unscale else latents
+    outputs = session.run({session.inputs[0].name: x.astype(np.float32)})
+    arrays = [np.asarray(outputs[o.name], dtype=np.float32) for o in session.outputs]
+    image = arrays[0] if family.combine == "first" else _sum_resized(arrays)
+    lo, hi = family.output_range
+    return np.asarray(np.clip((image - lo) / (hi - lo), 0.0, 1.0), dtype=np.float32)
+
+
+def _sum_resized(arrays: list[F32]) -> F32:
+    """VAElight: image = sum of its multi-scale outputs, each resized to the largest."""
+    import cv2
+
+    big = max(arrays, key=lambda a: a.shape[-1])
+    h, w = big.shape[-2:]
+    total = np.zeros_like(big)
+    for arr in arrays:
+        for b in range(arr.shape[0]):
+            planes = arr[b].transpose(1, 2, 0)
+            resized = cv2.resize(planes, (w, h), interpolation=cv2.INTER_LINEAR)
+            total[b] += resized.reshape(h, w, -1).transpose(2, 0, 1)
+    return total
+
+
+def to_uint8(image: F32) -> npt.NDArray[np.uint8]:
+    """[1,3,H,W] 0..1 -> H x W x 3 RGB uint8."""
+    return np.asarray(image[0].transpose(1, 2, 0) * 255.0 + 0.5, dtype=np.uint8)

@@ -1,0 +1,220 @@
+"""Text -> embeddings -> UNet steps -> decoder, for a diffusers/optimum ONNX model directory.
+
+Seeded and deterministic on one backend: the initial latents and any per-step noise come
+from ``numpy.random.default_rng(seed)``. Components are reached only through
+``Residency.use`` so the same code runs all-resident or one component at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edged.errors import BadRequest, Cancelled, ModelNotFound
+from edged.runtime.base import Session
+from edged.tasks.base import ProgressFn
+from edged.tasks.generation import decoders
+from edged.tasks.generation.schedulers import (
+    LCM,
+    SchedulerConfig,
+    guidance_embedding,
+    make_scheduler,
+)
+from edged.tasks.generation.staged import EmbeddingCache, Residency
+
+F32 = npt.NDArray[np.float32]
+EmbedFn = Callable[[str], F32]
+"""prompt -> [1, 77, D] embeddings (local text encoder or a remote edged)."""
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+MAX_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """What a model directory holds and how it wants to be sampled."""
+
+    root: Path
+    family: str
+    scheduler: SchedulerConfig
+    vae_scaling: float
+
+    @classmethod
+    def load(cls, root: Path) -> ModelDir:
+        if not (root / "unet" / "model.onnx").is_file():
+            raise ModelNotFound(
+                f"{root}: not a diffusers/optimum ONNX model dir (no unet/model.onnx)"
+            )
+        index: dict[str, Any] = {}
+        if (root / "model_index.json").is_file():
+            index = json.loads((root / "model_index.json").read_text("utf-8"))
+        sched = SchedulerConfig.load(root / "scheduler" / "scheduler_config.json")
+        family = str(index.get("edged_family") or _guess_family(sched))
+        scaling = float(index.get("vae_scaling_factor", 0.18215))
+        return cls(root, family, sched, scaling)
+
+    def component(self, name: str) -> Path:
+        path = self.root / name / "model.onnx"
+        if not path.is_file():
+            raise ModelNotFound(f"{self.root}: missing {name}/model.onnx")
+        return path
+
+    def defaults(self) -> tuple[int, float]:
+        """(steps, guidance_scale) the family is distilled for."""
+        return {"sd-turbo": (1, 0.0), "lcm": (4, 8.0)}.get(self.family, (20, 7.5))
+
+
+def _guess_family(sched: SchedulerConfig) -> str:
+    if sched.kind == "LCMScheduler":
+        return "lcm"
+    return "sd-turbo" if sched.timestep_spacing == "trailing" else "sd"
+
+
+@dataclass(frozen=True)
+class GenParams:
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 1
+    guidance_scale: float = 0.0
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    decoder: str = "vae"
+
+    def __post_init__(self) -> None:
+        for side in (self.width, self.height):
+            if side % 8 or not 64 <= side <= MAX_SIDE:
+                raise BadRequest(f"width/height must be multiples of 8 in 64..{MAX_SIDE}")
+        if not self.prompt.strip():
+            raise BadRequest("generation needs a non-empty prompt")
+
+
+def uses_cfg(model: ModelDir, params: GenParams) -> bool:
+    """Classifier-free guidance doubles the UNet batch; LCM embeds w instead."""
+    return model.family != "lcm" and params.guidance_scale > 1.0
+
+
+def encode_prompts(
+    model: ModelDir, params: GenParams, embed: EmbedFn, cache: EmbeddingCache
+) -> F32:
+    """[1 or 2, 77, D]: (uncond, cond) when CFG is on."""
+    prompts = (
+        [params.negative_prompt, params.prompt] if uses_cfg(model, params) else [params.prompt]
+    )
+    return np.concatenate([cache.get_or_compute(p, embed) for p in prompts], axis=0)
+
+
+def _spec_dtype(session: Session, name: str, default: Any) -> Any:
+    for spec in session.inputs:
+        if spec.name == name:
+            return _NP_DTYPES.get(spec.dtype, default)
+    return default
+
+
+def _latent_channels(unet: Session) -> int:
+    dim = unet.inputs[0].shape[1] if len(unet.inputs[0].shape) > 1 else None
+    return dim if isinstance(dim, int) else 4
+
+
+def denoise(
+    model: ModelDir,
+    params: GenParams,
+    unet: Session,
+    embeddings: F32,
+    *,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> F32:
+    """Initial noise -> final latents in ``params.steps`` UNet evaluations."""
+    sched = make_scheduler(model.scheduler, params.steps)
+    rng = np.random.default_rng(params.seed)
+    shape = (1, _latent_channels(unet), params.height // 8, params.width // 8)
+    latents = (rng.standard_normal(shape, dtype=np.float32) * sched.init_noise_sigma).astype(
+        np.float32
+    )
+    total = len(sched.timesteps)
+    for i, t in enumerate(sched.timesteps):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"generation cancelled before step {i + 1}/{total}")
+        x = sched.scale_model_input(latents, i)
+        eps = _unet_eval(unet, x, embeddings, float(t), guidance_scale=params.guidance_scale)
+        noise = rng.standard_normal(shape, dtype=np.float32) if isinstance(sched, LCM) else None
+        latents = sched.step(eps, i, latents, noise)
+        if progress is not None:
+            progress(i + 1, total, f"step {i + 1}/{total} t={int(t)}")
+    return latents
+
+
+def _unet_eval(unet: Session, x: F32, embeddings: F32, t: float, *, guidance_scale: float) -> F32:
+    """One UNet evaluation at timestep ``t`` (x already scaled), with CFG when batch is 2."""
+    batch = embeddings.shape[0]
+    x = np.repeat(x, batch, axis=0) if batch > 1 else x
+    t_dtype = _spec_dtype(unet, "timestep", np.float32)
+    feeds: dict[str, Any] = {
+        unet.inputs[0].name: x.astype(_spec_dtype(unet, unet.inputs[0].name, np.float32)),
+        "timestep": np.full((batch,), t, dtype=t_dtype),
+        "encoder_hidden_states": embeddings.astype(
+            _spec_dtype(unet, "encoder_hidden_states", np.float32)
+        ),
+    }
+    names = {s.name for s in unet.inputs}
+    if "timestep_cond" in names:
+        spec = next(s for s in unet.inputs if s.name == "timestep_cond")
+        dim = spec.shape[-1] if isinstance(spec.shape[-1], int) else 256
+        feeds["timestep_cond"] = np.repeat(guidance_embedding(guidance_scale, dim), batch, 0)
+    out = next(iter(unet.run(feeds).values())).astype(np.float32)
+    if batch == 1:
+        return out
+    uncond, cond = out[:1], out[1:]
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def run_text_encoder(session: Session, ids: npt.NDArray[np.int64]) -> F32:
+    """One prompt's token ids [77] -> last_hidden_state [1, 77, D]."""
+    spec = session.inputs[0]
+    feeds = {spec.name: ids[None].astype(_NP_DTYPES.get(spec.dtype, np.int64))}
+    outputs = session.run(feeds)
+    hidden = outputs.get("last_hidden_state", next(iter(outputs.values())))
+    return np.asarray(hidden, dtype=np.float32)
+
+
+def generate(
+    model: ModelDir,
+    params: GenParams,
+    residency: Residency,
+    embed: EmbedFn,
+    cache: EmbeddingCache,
+    *,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    timings: dict[str, float] | None = None,
+) -> npt.NDArray[np.uint8]:
+    """The whole pipeline; ``timings`` (if given) receives seconds per stage."""
+    import time
+
+    clock = timings if timings is not None else {}
+    start = time.perf_counter()
+    embeddings = encode_prompts(model, params, embed, cache)
+    residency.release("text_encoder")
+    clock["text_encoder"] = time.perf_counter() - start
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("generation cancelled after text encoding")
+    start = time.perf_counter()
+    with residency.use("unet", model.component("unet")) as unet:
+        latents = denoise(model, params, unet, embeddings, progress=progress, cancel=cancel)
+    residency.release("unet")
+    clock["unet"] = time.perf_counter() - start
+    start = time.perf_counter()
+    path, family = decoders.resolve(residency.engine, params.decoder, model.root)
+    decoders.check_pairing(family, int(latents.shape[1]))
+    with residency.use(f"decoder:{params.decoder}", path) as dec:
+        image = decoders.decode(dec, family, latents, model.vae_scaling)
+    residency.release(f"decoder:{params.decoder}")
+    clock["decoder"] = time.perf_counter() - start
+    return decoders.to_uint8(image)

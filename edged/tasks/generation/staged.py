@@ -1,0 +1,253 @@
+"""Residency of generation components under the memory budget, and the prompt-embedding cache.
+
+``resident``: text encoder, UNet and decoder stay loaded between requests (fastest).
+``staged``:   each component is loaded, used and evicted before the next one loads, so peak
+              memory is the largest single component instead of their sum.
+``auto``:     resident when the budget holds all components' estimates together, else staged.
+
+Components go through the engine's memory pool (``engine.pool.acquire``) when it has one, so
+generation competes fairly with the vision models; without a pool a small local store applies
+the same budget rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edged.errors import BadRequest, MemoryBudgetExceeded
+from edged.log import get_logger
+from edged.runtime import config_for, open_session
+from edged.runtime.base import Session
+from edged.schema import format_bytes
+
+if TYPE_CHECKING:
+    from edged.engine import Engine
+
+log = get_logger("generation.staged")
+F32 = npt.NDArray[np.float32]
+STRATEGIES = ("auto", "resident", "staged")
+# Working memory a component needs on top of its weights for a 512x512 image (activations,
+# ORT scratch), scaled by pixel count for other sizes: from `edged bench generation` on the
+# full-size SD-Turbo architecture, rounded up. The text encoder's does not depend on size.
+ACTIVATION_BYTES = {"text_encoder": 64 << 20, "unet": 512 << 20, "decoder": 768 << 20}
+REFERENCE_PIXELS = 512 * 512
+_MAX_EMBEDDINGS = 64
+
+
+def weights_bytes(path: Path) -> int:
+    """The model file plus its external-data side files."""
+    total = path.stat().st_size
+    for side in path.parent.glob(f"{path.name}.data*"):
+        total += side.stat().st_size
+    return total
+
+
+def estimate_bytes(component: str, path: Path, pixels: int = REFERENCE_PIXELS) -> int:
+    """Weights plus working memory of one component for an image of ``pixels``."""
+    kind = "decoder" if component.startswith("decoder") else component
+    work = ACTIVATION_BYTES.get(kind, 64 << 20)
+    if kind != "text_encoder":
+        work = work * pixels // REFERENCE_PIXELS
+    return weights_bytes(path) + work
+
+
+class EmbeddingCache:
+    """LRU of prompt embeddings keyed by (model, prompt) hash: a repeated prompt skips CLIP."""
+
+    def __init__(self, model_key: str, store: OrderedDict[str, F32], lock: threading.Lock) -> None:
+        self._model_key = model_key
+        self._store = store
+        self._lock = lock
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, prompt: str) -> str:
+        return hashlib.sha256(f"{self._model_key}\0{prompt}".encode()).hexdigest()
+
+    def get_or_compute(self, prompt: str, compute: Callable[[str], F32]) -> F32:
+        key = self.key(prompt)
+        with self._lock:
+            hit = self._store.get(key)
+            if hit is not None:
+                self._store.move_to_end(key)
+                self.hits += 1
+                return hit
+        value = compute(prompt)
+        with self._lock:
+            self.misses += 1
+            self._store[key] = value
+            while len(self._store) > _MAX_EMBEDDINGS:
+                self._store.popitem(last=False)
+        return value
+
+
+_EMBED_STORE: OrderedDict[str, F32] = OrderedDict()
+_EMBED_LOCK = threading.Lock()
+
+
+def clear_embedding_cache() -> None:
+    """Forget every cached prompt embedding (tests, and after swapping a text encoder)."""
+    with _EMBED_LOCK:
+        _EMBED_STORE.clear()
+
+
+def embedding_cache(model_key: str) -> EmbeddingCache:
+    """The process-wide embedding cache seen through one model's key."""
+    return EmbeddingCache(model_key, _EMBED_STORE, _EMBED_LOCK)
+
+
+class _LocalStore:
+    """Budgeted session store used when the engine has no memory pool."""
+
+    def __init__(self) -> None:
+        self.sessions: OrderedDict[str, tuple[Session, int]] = OrderedDict()
+        self.lock = threading.RLock()
+
+    def held_bytes(self) -> int:
+        return sum(size for _, size in self.sessions.values())
+
+    def evict(self, key: str) -> None:
+        with self.lock:
+            item = self.sessions.pop(key, None)
+        if item is not None:
+            item[0].close()
+
+
+_LOCAL_STORES: weakref.WeakKeyDictionary[Any, _LocalStore] = weakref.WeakKeyDictionary()
+_NO_ENGINE_STORE = _LocalStore()
+
+
+class Residency:
+    """Loads components through the pool (or a local store) under one strategy."""
+
+    def __init__(
+        self,
+        engine: Engine | None,
+        root: Path,
+        *,
+        strategy: str = "auto",
+        budget: int | None = None,
+        threads: int | None = None,
+        components: dict[str, Path] | None = None,
+        pixels: int = REFERENCE_PIXELS,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise BadRequest(f"residency {strategy!r}: one of {', '.join(STRATEGIES)}")
+        self.engine = engine
+        self.root = root
+        self.pool: Any = getattr(engine, "pool", None) if engine is not None else None
+        self.budget = budget if budget is not None else _pool_budget(self.pool, engine)
+        self.threads = threads
+        self.pixels = pixels
+        self.strategy = self._resolve(strategy, components or {})
+        self._local = (
+            _LOCAL_STORES.setdefault(engine, _LocalStore())
+            if engine is not None
+            else _NO_ENGINE_STORE
+        )
+        self._used: dict[str, str] = {}
+
+    def _resolve(self, strategy: str, components: dict[str, Path]) -> str:
+        if strategy != "auto":
+            return strategy
+        need = sum(estimate_bytes(n, p, self.pixels) for n, p in components.items())
+        if self.budget is None or need <= self.budget:
+            return "resident"
+        log.info("generation_staged", need=format_bytes(need), budget=format_bytes(self.budget))
+        return "staged"
+
+    def key(self, component: str, path: Path) -> str:
+        return f"generation:{self.root}:{component}:{path}"
+
+    def _open(self, path: Path) -> Session:
+        # No zero-input warm-up: a UNet warm-up costs a full step, and staged loads are used once.
+        return open_session(config_for("onnx:cpu", threads=self.threads), path, warmup=False)
+
+    @contextmanager
+    def use(self, component: str, path: Path) -> Iterator[Session]:
+        """Hold ``component`` loaded for the block (pinned against eviction while held)."""
+        estimate = estimate_bytes(component, path, self.pixels)
+        if self.budget is not None and estimate > self.budget:
+            raise MemoryBudgetExceeded(
+                f"{component} of {self.root.name} needs ~{format_bytes(estimate)} but the "
+                f"memory budget is {format_bytes(self.budget)}: raise memory_budget or use a "
+                "quantized UNet (`edged models quantize --scheme int4-weights`)"
+            )
+        key = self.key(component, path)
+        self._used[component] = key
+        if self.pool is not None:
+            with self.pool.acquire(
+                key, lambda: self._pool_loaded(component, path), estimate_bytes=weights_bytes(path)
+            ) as loaded:
+                yield loaded.session
+            return
+        with self._local.lock:
+            yield self._local_acquire(key, path, estimate)
+
+    def _local_acquire(self, key: str, path: Path, estimate: int) -> Session:
+        store = self._local
+        if key in store.sessions:
+            store.sessions.move_to_end(key)
+            return store.sessions[key][0]
+        while (
+            store.sessions
+            and self.budget is not None
+            and (store.held_bytes() + estimate > self.budget)
+        ):
+            store.evict(next(iter(store.sessions)))
+        session = self._open(path)
+        store.sessions[key] = (session, estimate)
+        return session
+
+    def _pool_loaded(self, component: str, path: Path) -> Any:
+        from edged.catalog_schema import ModelEntry
+        from edged.loader import LoadedModel
+
+        entry = ModelEntry(
+            name=f"{self.root.name}.{component.replace(':', '.')}"[:80],
+            task="generation",
+            family=f"sd-{component.split(':', maxsplit=1)[0]}",
+            licence="LicenseRef-user-supplied",
+        )
+        return LoadedModel(entry, self._open(path), "onnx:cpu", path, [])
+
+    def release(self, component: str) -> None:
+        """Staged mode: evict the component now that its stage is done."""
+        if self.strategy != "staged":
+            return
+        key = self._used.pop(component, None)
+        if key is None:
+            return
+        if self.pool is not None:
+            self.pool.evict(key)
+        else:
+            self._local.evict(key)
+
+    def held(self) -> list[str]:
+        """Keys of components currently loaded in the local store (for stats and tests)."""
+        return list(self._local.sessions)
+
+    def close(self) -> None:
+        for key in list(self._local.sessions):
+            self._local.evict(key)
+
+
+def _pool_budget(pool: Any, engine: Engine | None) -> int | None:
+    for attr in ("budget_bytes", "budget"):
+        value = getattr(pool, attr, None)
+        if isinstance(value, int):
+            return value
+    if engine is not None:
+        budget = engine.settings.memory_budget
+        return int(budget) if budget is not None else None
+    return None

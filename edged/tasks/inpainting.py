@@ -1,0 +1,342 @@
+"""The inpainting task: fill the hole of ``request.mask`` (255 = hole) in ``request.image``.
+
+Families (``ModelEntry.family``):
+
+* ``opencv`` -- ``cv2.inpaint`` (``params.method`` telea | ns, ``params.radius``): no model
+  file, always available; ``opencv_telea`` is the default model.
+* ``lama`` -- LaMa-Dilated: ``image`` [1,3,S,S] RGB in ``input.range`` + mask input
+  (``params.mask_input``, 1 = hole by default; ``params.hole_value`` 0 flips it) ->
+  [1,3,S,S] RGB in ``output.range``.
+* ``migan`` -- MI-GAN generator: one input [1,4,S,S] = [keep - 0.5, image * keep] with the
+  image in ``input.range`` (-1..1) and keep = 1 outside the hole -> [1,3,S,S] in
+  ``output.range``. (The MI-GAN repo's "pipeline" ONNX, uint8 in/out with its own cropping,
+  is not this family.)
+
+Learned families have a fixed S x S input (S = 512 unless the entry or session says
+otherwise). For each cluster of holes the task crops a square context window around the
+hole (its bounding box grown by ``params.context`` x its extent on each side, at least
+``params.min_window`` = S pixels so small holes run at native resolution), slides it inside
+the image and clips it where the image is smaller, resizes it to S x S, runs the model,
+resizes the result back and pastes ONLY that cluster's hole pixels. Holes whose windows would
+overlap are merged into one cluster with one covering window. Every pixel outside the hole
+is returned bit-exactly unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edged import imaging
+from edged.catalog_schema import ModelEntry
+from edged.errors import BadRequest, Cancelled, ConfigError, ModelNotFound
+from edged.runtime.base import Session
+from edged.tasks.base import Image, ProgressFn, TaskRequest, TaskResult
+
+if TYPE_CHECKING:
+    from edged.engine import Engine
+
+FAMILIES = ("opencv", "lama", "migan")
+DEFAULT_SIZE = 512
+DEFAULT_CONTEXT = 0.5
+BoolMask = npt.NDArray[np.bool_]
+FloatImage = npt.NDArray[np.float32]
+
+BUILTIN = {
+    "opencv_telea": {"method": "telea", "radius": 3},
+    "opencv_ns": {"method": "ns", "radius": 3},
+}
+"""cv2.inpaint needs no file: these work even when no manifest names them."""
+
+
+# ---------------------------------------------------------------- window geometry
+
+
+@dataclass(frozen=True)
+class Window:
+    """One model call: the context window (y0, x0, y1, x1) and the hole labels it fills."""
+
+    box: tuple[int, int, int, int]
+    labels: tuple[int, ...]
+
+
+def _square(
+    bbox: tuple[int, int, int, int], shape: tuple[int, int], context: float, min_side: int
+) -> tuple[int, int, int, int]:
+    """Square window around ``bbox`` (y0, x0, y1, x1), slid inside the image, clipped."""
+    y0, x0, y1, x1 = bbox
+    extent = max(y1 - y0, x1 - x0)
+    side = max(math.ceil(extent * (1 + 2 * context)), min_side)
+    out = []
+    for lo, hi, length in ((y0, y1, shape[0]), (x0, x1, shape[1])):
+        size = min(side, length)
+        start = (lo + hi) // 2 - size // 2
+        start = min(max(0, start), length - size)
+        out.append((start, start + size))
+    return out[0][0], out[1][0], out[0][1], out[1][1]
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def plan_windows(
+    labels: npt.NDArray[np.int32],
+    count: int,
+    stats: npt.NDArray[np.int32],
+    *,
+    context: float = DEFAULT_CONTEXT,
+    min_side: int = DEFAULT_SIZE,
+) -> list[Window]:
+    """Merge hole components (cv2.connectedComponentsWithStats output) into disjoint windows."""
+    shape = (int(labels.shape[0]), int(labels.shape[1]))
+    clusters: list[tuple[tuple[int, int, int, int], tuple[int, ...]]] = []
+    for label in range(1, count):
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        bbox = (y, x, y + h, x + w)
+        members: tuple[int, ...] = (label,)
+        # Absorb every existing cluster whose window meets ours, until none does.
+        merged = True
+        while merged:
+            merged = False
+            win = _square(bbox, shape, context, min_side)
+            for other in clusters:
+                if _overlaps(win, _square(other[0], shape, context, min_side)):
+                    clusters.remove(other)
+                    bbox, members = _union(bbox, other[0]), members + other[1]
+                    merged = True
+                    break
+        clusters.append((bbox, members))
+    return [Window(_square(b, shape, context, min_side), tuple(sorted(m))) for b, m in clusters]
+
+
+# ---------------------------------------------------------------- model adapters
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """Names, size and conventions of one learned inpainting model."""
+
+    family: str
+    size: tuple[int, int]
+    image_input: str
+    mask_input: str | None
+    output: str | None
+    in_range: tuple[float, float]
+    out_range: tuple[float, float]
+    hole_value: float
+
+
+def model_io(entry: ModelEntry, session: Session) -> ModelIO:
+    names = [s.name for s in session.inputs]
+    mask_name: str | None = None
+    if entry.family == "lama":
+        mask_name = str(entry.params.get("mask_input", "mask"))
+        if mask_name not in names:
+            raise ConfigError(f"model {entry.name!r}: no mask input {mask_name!r} (has {names})")
+    image_name = entry.input.name or next(n for n in names if n != mask_name)
+    if image_name not in names:
+        raise ConfigError(f"model {entry.name!r}: no input {image_name!r} (has {names})")
+    spec = next(s for s in session.inputs if s.name == image_name)
+    if entry.input.size != "dynamic":
+        size = entry.input.size
+    elif len(spec.shape) == 4 and all(isinstance(d, int) and d > 0 for d in spec.shape[2:]):
+        size = (int(spec.shape[2]), int(spec.shape[3]))  # type: ignore[arg-type]
+    else:
+        side = int(entry.params.get("size", DEFAULT_SIZE))
+        size = (side, side)
+    return ModelIO(
+        family=entry.family,
+        size=size,
+        image_input=image_name,
+        mask_input=mask_name,
+        output=entry.output.name,
+        in_range=entry.input.range,
+        out_range=entry.output.range,
+        hole_value=float(entry.params.get("hole_value", 1.0)),
+    )
+
+
+def _feeds(io: ModelIO, image: Image, hole: BoolMask) -> dict[str, npt.NDArray[np.float32]]:
+    lo, hi = io.in_range
+    img = (image.astype(np.float32) / 255.0 * (hi - lo) + lo).transpose(2, 0, 1)[None]
+    hole_f = hole.astype(np.float32)[None, None]
+    if io.family == "migan":
+        keep = 1.0 - hole_f
+        packed = np.concatenate([keep - 0.5, img * keep], axis=1)
+        return {io.image_input: np.ascontiguousarray(packed, dtype=np.float32)}
+    assert io.mask_input is not None
+    mask = hole_f if io.hole_value else 1.0 - hole_f
+    return {
+        io.image_input: np.ascontiguousarray(img, dtype=np.float32),
+        io.mask_input: np.ascontiguousarray(mask, dtype=np.float32),
+    }
+
+
+def run_model(session: Session, io: ModelIO, image: Image, hole: BoolMask) -> FloatImage:
+    """S x S RGB uint8 + hole -> S x S x 3 float 0..255 (unclipped, unrounded)."""
+    outputs = session.run(_feeds(io, image, hole))
+    out = outputs[io.output] if io.output else next(iter(outputs.values()))
+    olo, ohi = io.out_range
+    rgb = np.asarray(out, dtype=np.float32)[0].transpose(1, 2, 0)
+    return np.ascontiguousarray((rgb - olo) / (ohi - olo) * 255.0, dtype=np.float32)
+
+
+def _to_model(crop: Image, hole: BoolMask, size: tuple[int, int]) -> tuple[Image, BoolMask]:
+    h, w = hole.shape
+    shrink = size[0] < h or size[1] < w
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    img = cv2.resize(crop, (size[1], size[0]), interpolation=interp)
+    # Any model pixel that touches a hole pixel is hole: never ask it to keep a hole pixel.
+    soft = cv2.resize(
+        hole.astype(np.float32),
+        (size[1], size[0]),
+        interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
+    )
+    return np.ascontiguousarray(img), soft > 0
+
+
+def fill_window(session: Session, io: ModelIO, crop: Image, hole: BoolMask) -> FloatImage:
+    """Context crop (any size) -> model-filled crop of the same size, float 0..255."""
+    img, model_hole = _to_model(crop, hole, io.size)
+    out = run_model(session, io, img, model_hole)
+    if out.shape[:2] == crop.shape[:2]:
+        return out
+    return np.asarray(
+        cv2.resize(out, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR),
+        dtype=np.float32,
+    )
+
+
+# ---------------------------------------------------------------- the task
+
+
+def _entry(engine: Engine, name: str) -> ModelEntry:
+    try:
+        entry = engine.catalog.get(name)
+    except ModelNotFound:
+        if name not in BUILTIN:
+            raise
+        entry = ModelEntry(
+            name=name,
+            task="inpainting",
+            family="opencv",
+            licence="Apache-2.0",
+            params=BUILTIN[name],
+        )
+    if entry.task != "inpainting":
+        raise BadRequest(f"model {name!r} is a {entry.task} model, not an inpainting one")
+    if entry.family not in FAMILIES:
+        raise ConfigError(f"model {name!r}: family {entry.family!r} is not one of {FAMILIES}")
+    return entry
+
+
+def inpaint_opencv(image: Image, hole: BoolMask, params: dict[str, Any]) -> Image:
+    method = str(params.get("method", "telea")).lower()
+    flags = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+    if method not in flags:
+        raise BadRequest(f"opencv inpainting method {method!r}: one of telea, ns")
+    radius = float(params.get("radius", 3))
+    if not 0 < radius <= 64:
+        raise BadRequest(f"inpainting radius {radius}: use 1..64 pixels")
+    filled = cv2.inpaint(image, hole.astype(np.uint8) * 255, radius, flags[method])
+    out = image.copy()
+    out[hole] = filled[hole]
+    return out
+
+
+def inpaint_learned(
+    session: Session,
+    io: ModelIO,
+    image: Image,
+    hole: BoolMask,
+    params: dict[str, Any],
+    *,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[Image, list[Window]]:
+    """Fill every hole cluster through its own context window; non-hole pixels untouched."""
+    count, found, found_stats, _ = cv2.connectedComponentsWithStats(
+        hole.astype(np.uint8), connectivity=8
+    )
+    labels = np.asarray(found, dtype=np.int32)
+    stats = np.asarray(found_stats, dtype=np.int32)
+    context = float(params.get("context", DEFAULT_CONTEXT))
+    min_side = int(params.get("min_window", min(io.size)))
+    if context < 0 or min_side < 1:
+        raise BadRequest("params.context must be >= 0 and params.min_window >= 1")
+    windows = plan_windows(labels, count, stats, context=context, min_side=min_side)
+    out = image.copy()
+    for index, win in enumerate(windows):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"inpainting cancelled after {index} of {len(windows)} windows")
+        y0, x0, y1, x1 = win.box
+        filled = fill_window(session, io, image[y0:y1, x0:x1], hole[y0:y1, x0:x1])
+        mine = np.isin(labels[y0:y1, x0:x1], win.labels)
+        region = out[y0:y1, x0:x1]
+        region[mine] = np.clip(np.rint(filled[mine]), 0, 255).astype(np.uint8)
+        if progress is not None:
+            progress(index + 1, len(windows), f"window {index + 1}/{len(windows)}")
+    return out, windows
+
+
+def run(
+    engine: Engine,
+    request: TaskRequest,
+    *,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> TaskResult:
+    """Inpaint ``request.image`` where ``request.mask`` > 127 (default model: opencv_telea)."""
+    t0 = time.perf_counter()
+    if request.image is None or request.mask is None:
+        raise BadRequest("inpainting needs an image and a mask (--mask, white = hole)")
+    image = imaging.as_rgb(request.image)
+    hole = imaging.check_mask(request.mask, image.shape) > 127
+    name = request.model or engine.default_model("inpainting")
+    entry = _entry(engine, name)
+    meta: dict[str, Any] = {
+        "hole_pixels": int(hole.sum()),
+        "family": entry.family,
+        "primary": "image",
+    }
+    t1 = time.perf_counter()
+    backend = "opencv" if entry.family == "opencv" else request.backend or ""
+    if not hole.any():
+        out = image.copy()
+    elif entry.family == "opencv":
+        out = inpaint_opencv(image, hole, {**entry.params, **request.params})
+    else:
+        with engine.acquire(name, backend=request.backend) as loaded:
+            io = model_io(loaded.entry, loaded.session)
+            params = {**entry.params, **request.params}
+            out, windows = inpaint_learned(
+                loaded.session, io, image, hole, params, progress=progress, cancel=cancel
+            )
+            backend = loaded.backend
+        meta["windows"] = [[w.box[1], w.box[0], w.box[3], w.box[2]] for w in windows]
+    t2 = time.perf_counter()
+    return TaskResult(
+        task="inpainting",
+        model=name,
+        backend=backend,
+        outputs={"image": out},
+        meta=meta,
+        latency_ms={
+            "pre": round((t1 - t0) * 1e3, 3),
+            "run": round((t2 - t1) * 1e3, 3),
+            "post": 0.0,
+            "total": round((t2 - t0) * 1e3, 3),
+        },
+    )

@@ -1,0 +1,114 @@
+"""The segmentation task: pick the family module by ``entry.family``, then compose the output.
+
+Families: ``mediapipe-selfie`` (person probability), ``deeplabv3`` (21 VOC classes),
+``mobilesam`` (point/box prompts), ``yolov8-seg`` (instances). Each returns a combined mask;
+this module turns it into what ``params["output"]`` asks for:
+
+* ``mask``    -- H x W uint8 0..255 (always in ``outputs["mask"]``)
+* ``cutout``  -- RGBA, the mask as alpha
+* ``overlay`` -- the mask tinted over the image (``params["color"]``, ``params["opacity"]``)
+* ``blur``    -- background blurred (``params["radius"]``)
+* ``replace`` -- background replaced by ``params["background"]`` (colour)
+
+``meta["primary"]`` names the output a caller should save (``edged infer`` writes it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edged import imaging
+from edged.errors import BadRequest, ConfigError
+from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+from edged.tasks.seg_common import Image, SegOutput, Timer
+
+if TYPE_CHECKING:
+    from edged.engine import Engine
+
+FAMILIES = {
+    "mediapipe-selfie": "edged.tasks.seg_selfie",
+    "deeplabv3": "edged.tasks.seg_deeplab",
+    "mobilesam": "edged.tasks.seg_sam",
+    "yolov8-seg": "edged.tasks.seg_yolo",
+}
+OUTPUTS = ("mask", "cutout", "overlay", "blur", "replace")
+
+
+def run(
+    engine: Engine,
+    request: TaskRequest,
+    *,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> TaskResult:
+    """Segment ``request.image`` with ``request.model`` (default: the selfie model)."""
+    timer = Timer(cancel)
+    name = request.model or engine.default_model("segmentation")
+    entry = engine.catalog.get(name)
+    if entry.task != "segmentation":
+        raise BadRequest(f"model {name!r} is a {entry.task} model, not a segmentation one")
+    module_name = FAMILIES.get(entry.family)
+    if entry.family in ("mobilesam-encoder", "mobilesam-decoder"):
+        raise BadRequest(f"{name} is one half of a MobileSAM pair; ask for the pair (mobilesam)")
+    if module_name is None:
+        raise ConfigError(
+            f"model {name!r} has family {entry.family!r}; segmentation knows {', '.join(FAMILIES)}"
+        )
+    if request.image is None:
+        raise BadRequest("segmentation needs an image")
+    kind = str(request.params.get("output", "mask"))
+    if kind not in OUTPUTS:
+        raise BadRequest(f"output {kind!r}: one of {', '.join(OUTPUTS)}")
+    image = imaging.as_rgb(request.image)
+    if progress is not None:
+        progress(0, 1, f"segmenting with {name}")
+    result: SegOutput = importlib.import_module(module_name).segment(
+        engine, entry, request, image, timer
+    )
+    with timer("post"):
+        outputs = {"mask": result.mask, **result.outputs}
+        if kind != "mask":
+            outputs[kind] = compose(kind, image, result.mask, request.params)
+    if progress is not None:
+        progress(1, 1, "done")
+    return TaskResult(
+        task="segmentation",
+        model=name,
+        backend=result.backend,
+        outputs=outputs,
+        meta={
+            "primary": kind,
+            "coverage": round(float((result.mask >= 128).mean()), 4),
+            **result.meta,
+        },
+        latency_ms=timer.latency(),
+    )
+
+
+def _float(params: dict[str, Any], key: str, default: float) -> float:
+    try:
+        return float(params.get(key, default))
+    except (TypeError, ValueError):
+        raise BadRequest(f"param {key}={params.get(key)!r} is not a number") from None
+
+
+def compose(kind: str, image: Image, mask: Image, params: dict[str, Any]) -> Image:
+    """The composite ``kind`` of ``image`` and ``mask`` (see the module docstring)."""
+    if kind == "cutout":
+        return imaging.cutout(image, mask)
+    if kind == "overlay":
+        color = imaging.parse_color(params.get("color"), (0, 255, 0))
+        opacity = min(max(_float(params, "opacity", 0.5), 0.0), 1.0)
+        return imaging.overlay(image, mask, color, opacity)
+    if kind == "blur":
+        radius = _float(params, "radius", max(image.shape[:2]) / 40)
+        return imaging.blur_background(image, mask, int(min(max(radius, 3), 201)))
+    if kind == "replace":
+        return imaging.replace_background(
+            image, mask, imaging.parse_color(params.get("background"), (0, 255, 0))
+        )
+    return np.asarray(mask)

@@ -1,0 +1,126 @@
+"""Inbox crash-safety: claims, results, error records and recovery of every crash state."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edged.errors import BadRequest
+from edged.io.inbox import InboxDirs, InboxTicket, recover
+from edged.tasks.base import TaskResult
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> InboxDirs:
+    d = InboxDirs(tmp_path / "inbox")
+    d.create()
+    return d
+
+
+def claim(dirs: InboxDirs, name: str) -> InboxTicket:
+    src = dirs.inbox / name
+    cv2.imwrite(str(src), np.full((8, 8, 3), 7, np.uint8))
+    ticket = InboxTicket(dirs, name, "box")
+    src.rename(ticket.claimed)
+    return ticket
+
+
+def result() -> TaskResult:
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 255
+    return TaskResult("segmentation", "selfie", "litert:xnnpack", {"mask": mask}, {"k": 1})
+
+
+def listing(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def test_complete_writes_outputs_then_manifest_then_moves_to_done(dirs: InboxDirs) -> None:
+    ticket = claim(dirs, "a.png")
+    ticket.complete(result())
+    assert listing(dirs.done) == ["a.png"]
+    assert listing(dirs.processing) == []
+    assert listing(dirs.outbox) == ["a.png.json", "a.png.mask.png"]
+    manifest = json.loads((dirs.outbox / "a.png.json").read_text())
+    assert manifest["outputs"] == ["a.png.mask.png"]
+    assert manifest["model"] == "selfie"
+    mask = cv2.imread(str(dirs.outbox / "a.png.mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (8, 8)
+    assert int(mask[3, 3]) == 255
+    # A second ending (e.g. a late cancel) is ignored: exactly one outcome per input.
+    ticket.hand_back()
+    assert listing(dirs.inbox) == []
+
+
+def test_fail_writes_error_record_beside_the_input(dirs: InboxDirs) -> None:
+    ticket = claim(dirs, "b.png")
+    ticket.fail(BadRequest("mask size 3x3 does not match image 8x8"))
+    assert listing(dirs.failed) == ["b.png", "b.png.error.json"]
+    record = json.loads((dirs.failed / "b.png.error.json").read_text())
+    assert record["error"]["code"] == "bad_request"
+    assert "mask size" in record["error"]["message"]
+
+
+def test_hand_back_returns_the_input_to_the_inbox(dirs: InboxDirs) -> None:
+    claim(dirs, "c.png").hand_back()
+    assert listing(dirs.inbox) == ["c.png"]
+    assert listing(dirs.processing) == []
+
+
+def test_recover_settles_every_crash_state(dirs: InboxDirs) -> None:
+    # 1. crashed after the manifest, before the move: complete -> done, outputs kept.
+    claim(dirs, "done.png")
+    (dirs.outbox / "done.png.mask.png").write_bytes(b"x")
+    (dirs.outbox / "done.png.json").write_text("{}")
+    # 2. crashed after the error record, before the move -> failed.
+    claim(dirs, "err.png")
+    (dirs.failed / "err.png.error.json").write_text("{}")
+    # 3. crashed mid-write: partial output and a temp file -> removed, input back in inbox.
+    claim(dirs, "half.png")
+    (dirs.outbox / "half.png.mask.png").write_bytes(b"partial")
+    (dirs.outbox / ".half.png.image.png.tmp").write_bytes(b"partial")
+    counts = recover(dirs, "box")
+    assert counts == {"done": 1, "failed": 1, "returned": 1}
+    assert listing(dirs.done) == ["done.png"]
+    assert listing(dirs.failed) == ["err.png", "err.png.error.json"]
+    assert listing(dirs.inbox) == ["half.png"]
+    assert listing(dirs.outbox) == ["done.png.json", "done.png.mask.png"]
+    assert listing(dirs.processing) == []
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.decode()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_disk_full_outbox_fails_the_job_without_partial_files(tmp_path: Path) -> None:
+    with tiny_tmpfs(tmp_path / "full", "16k") as outbox:
+        (outbox / "filler").write_bytes(b"\0" * 15_000)  # leave less than one output needs
+        dirs = InboxDirs(tmp_path / "inbox", outbox)
+        dirs.create()
+        ticket = claim(dirs, "big.png")
+        noisy = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        ticket.complete(TaskResult("superres", "m", "cpu", {"image": noisy}))
+        assert listing(dirs.failed) == ["big.png", "big.png.error.json"]
+        record = json.loads((dirs.failed / "big.png.error.json").read_text())
+        assert "No space left" in record["error"]["message"]
+        assert listing(outbox) == ["filler"]
+        assert listing(dirs.done) == []
