@@ -402,6 +402,7 @@ class ModelPool(Generic[T]):
         return slot
 
     def _measure(self, loader: Callable[[], T]) -> tuple[T, int, int, int | None, float]:
+        malloc_trim()  # garbage left by earlier work must not be credited to this model
         pss_before = pss_bytes()
         before = rss_bytes()
         sampler = PeakSampler(self.sampler_interval_s).start()

@@ -255,20 +255,34 @@ def quantize_file(
     )
 
 
-def quantize_model_dir(src: Path, dst: Path, scheme: str, **kwargs: Any) -> QuantizeReport:
-    """A diffusers-layout dir: quantize ``unet/``; link the other components unchanged."""
+def quantize_model_dir(
+    src: Path,
+    dst: Path,
+    scheme: str,
+    components: Sequence[str] = ("unet",),
+    **kwargs: Any,
+) -> QuantizeReport:
+    """A diffusers-layout dir: quantize ``components``; link the others unchanged.
+
+    The report is the UNet's (or the first component's); each quantized component gets a
+    ``QUANTIZED`` marker naming the scheme.
+    """
     if dst.resolve() == src.resolve():
         raise BadRequest("--out must differ from the source model dir")
+    missing = [c for c in components if not (src / c / "model.onnx").is_file()]
+    if missing:
+        raise ModelNotFound(f"{src}: no {', '.join(f'{c}/model.onnx' for c in missing)}")
     dst.mkdir(parents=True, exist_ok=True)
     for item in src.iterdir():
-        if item.name == "unet" or (dst / item.name).exists():
+        if item.name in components or (dst / item.name).exists():
             continue
         (dst / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
-    report = quantize_file(
-        src / "unet" / "model.onnx", dst / "unet" / "model.onnx", scheme, **kwargs
-    )
-    (dst / "unet" / "QUANTIZED").write_text(f"{scheme}\n", "utf-8")
-    return report
+    reports = []
+    for component in components:
+        out = dst / component / "model.onnx"
+        reports.append(quantize_file(src / component / "model.onnx", out, scheme, **kwargs))
+        (out.parent / "QUANTIZED").write_text(f"{scheme}\n", "utf-8")
+    return reports[0]
 
 
 def quantize(src: Path, dst: Path | None, scheme: str, **kwargs: Any) -> QuantizeReport:

@@ -12,15 +12,16 @@ The scheduler's ``last_progress`` is what the service's watchdog trusts.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-from edged.errors import Busy
+from edged.errors import Busy, Cancelled
 from edged.log import get_logger
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
 
@@ -28,6 +29,8 @@ log = get_logger("scheduler")
 
 RunFn = Callable[[TaskRequest, ProgressFn, threading.Event], TaskResult]
 """``(request, progress, cancel) -> result``; normally ``Engine.run``."""
+OnProgress = Callable[["Job", int, int, str], None]
+"""``(job, step, total, message)``: a running job reported a step (e.g. generation)."""
 
 REQUESTS = ""
 """Queue name of requests (stream names are never empty)."""
@@ -78,8 +81,10 @@ class Scheduler:
         workers: int = 2,
         request_queue: int = 64,
         requests_first: bool = True,
+        on_progress: OnProgress | None = None,
     ) -> None:
         self._run = run
+        self._on_progress = on_progress
         self._requests_first = requests_first
         self._cond = threading.Condition()
         self._queues: dict[str, _Queue] = {REQUESTS: _Queue(REQUESTS, request_queue, False)}
@@ -116,6 +121,12 @@ class Scheduler:
             stuck = list(self._running_jobs)
         for job in stuck:
             job.cancel.set()  # tasks that check it (generation) stop at the next step
+            # Answer now (a request's client gets its one reply before the socket closes);
+            # the worker's late result, if any, is discarded.
+            with contextlib.suppress(InvalidStateError):
+                job.future.set_exception(
+                    Cancelled(f"shutting down: the job did not finish within {timeout:g} s")
+                )
         if stuck:
             log.warning("jobs still running at shutdown", count=len(stuck))
         return not stuck
@@ -235,11 +246,15 @@ class Scheduler:
     def _execute(self, job: Job) -> bool:
         def progress(step: int, total: int, message: str) -> None:
             self.last_progress = time.monotonic()  # long jobs prove liveness step by step
+            if self._on_progress is not None:
+                self._on_progress(job, step, total, message)
 
         try:
             result = self._run(job.request, progress, job.cancel)
         except Exception as exc:  # every failure belongs to the job's future
-            job.future.set_exception(exc)
+            with contextlib.suppress(InvalidStateError):  # already answered by stop()
+                job.future.set_exception(exc)
             return False
-        job.future.set_result(result)
+        with contextlib.suppress(InvalidStateError):
+            job.future.set_result(result)
         return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -63,7 +64,12 @@ class Service:
             self.start()
             self._main_loop()
         finally:
-            self.shutdown()
+            clean = self.shutdown()
+        if not clean:
+            # A job is still inside native code after the drain time: interpreter teardown
+            # under it could crash, so leave now (inbox files are recovered at next start).
+            sys.stderr.flush()
+            os._exit(0)
         return 0
 
     def request_stop(self) -> None:
@@ -99,6 +105,7 @@ class Service:
             workers=svc.workers,
             request_queue=self.settings.zmq.max_queue,
             requests_first=svc.requests_first,
+            on_progress=self._on_job_progress,
         )
         self.scheduler.start()
         self.server = RequestServer(
@@ -112,12 +119,22 @@ class Service:
         self.publish_event("service", {"state": "ready", "pid": os.getpid()})
         log.info("ready", status=status)
 
-    def shutdown(self) -> None:
-        """Bounded: sources stop, queued work is handed back, running jobs get the drain time."""
+    def shutdown(self) -> bool:
+        """Bounded: sources stop, queued work is handed back, running jobs get the drain time.
+
+        Returns False when a job was still running at the end of the drain time.
+        """
         self.notifier.stopping()
         log.info("stopping")
-        for runner in list(self._streams.values()):
-            runner.stop(timeout=1.0)
+        # In parallel: N wedged cameras cost one timeout, not N.
+        stoppers = [
+            threading.Thread(target=runner.stop, kwargs={"timeout": 1.0}, daemon=True)
+            for runner in self._streams.values()
+        ]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join(2.0)
         self._streams.clear()
         finished = True
         if self.scheduler is not None:
@@ -132,7 +149,8 @@ class Service:
             # exit reclaims them instead.
             self.engine.close()
         self.notifier.close()
-        log.info("stopped")
+        log.info("stopped", all_jobs_finished=finished)
+        return finished
 
     def _install_signals(self) -> None:
         def on_term(signum: int, frame: FrameType | None) -> None:
@@ -210,6 +228,7 @@ class Service:
                 self.publish_result,
                 self.publish_event,
                 outbox_dir=self.settings.outbox_dir,
+                limits=self.settings.zmq,
             )
             runner.start(self.settings.service.stream_queue)
         except EdgedError as exc:
@@ -239,7 +258,11 @@ class Service:
 
         assert self.scheduler is not None
         reply: Future[Any] = Future()
-        job = Job(request.task_request, captured_at=request.received_at)
+        job = Job(
+            request.task_request,
+            captured_at=request.received_at,
+            meta={"id": request.id, "task": request.task},
+        )
 
         def done(fut: Future[TaskResult]) -> None:
             if fut.cancelled():
@@ -287,6 +310,11 @@ class Service:
         # The publisher serialises its own sends; encoding runs on the caller's thread.
         self.publisher.publish_event(name, data)
 
+    def _on_job_progress(self, job: Job, step: int, total: int, message: str) -> None:
+        """``events.{task}`` (e.g. ``events.generation``) so clients can show progress."""
+        data = {"id": job.meta.get("id"), "stream": job.stream or None, "step": step}
+        self.publish_event(job.request.task, {**data, "total": total, "message": message})
+
     def _on_pool_event(self, event: str, fields: dict[str, Any]) -> None:
         self.publish_event("model", {"state": event, **fields})
 
@@ -296,6 +324,15 @@ class Service:
         data = self.stats()
         # The publisher serialises its own sends; encoding runs on the caller's thread.
         self.publisher.publish_stats(data)
+        sched = data["scheduler"]
+        jobs = [sched["requests"], *sched["streams"].values()]
+        done, failed = sum(q["done"] for q in jobs), sum(q["failed"] for q in jobs)
+        dropped = sum(q["dropped"] for q in jobs)
+        # `systemctl status edged` shows this line.
+        self.notifier.status(
+            f"{len(self._streams)} stream(s), {done} jobs done, {failed} failed, "
+            f"{dropped} frames dropped, {sched['busy_workers']}/{sched['workers']} workers busy"
+        )
 
     def stats(self) -> dict[str, Any]:
         return {

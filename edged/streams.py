@@ -13,7 +13,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from edged.config import ServiceSettings, StreamSettings
+from edged.config import ServiceSettings, StreamSettings, ZmqSettings
+from edged.errors import Cancelled
 from edged.io.inbox import InboxSource
 from edged.io.sources import CaptureSource, Frame, ImageSource, Source, source_kind
 from edged.log import get_logger
@@ -40,6 +41,7 @@ class StreamRunner:
         publish_event: PublishEvent,
         *,
         outbox_dir: Path | None = None,
+        limits: ZmqSettings | None = None,
     ) -> None:
         self.cfg = cfg
         self.kind = source_kind(cfg.source)
@@ -49,6 +51,8 @@ class StreamRunner:
         self._publish_event = publish_event
         self._errors = 0
         self._lock = threading.Lock()
+        # Dropped files obey the same size and pixel limits as requests.
+        self._limits = limits or ZmqSettings()
         self.source = self._build_source(service, outbox_dir)
 
     def _build_source(self, service: ServiceSettings, outbox_dir: Path | None) -> Source:
@@ -61,6 +65,8 @@ class StreamRunner:
                 self._on_state,
                 outbox=outbox,
                 has_room=lambda: self._scheduler.has_room(self.cfg.name),
+                max_bytes=self._limits.max_frame_bytes,
+                max_pixels=self._limits.max_pixels,
             )
         if self.kind == "image":
             return ImageSource(self.cfg, self._deliver, self._on_state)
@@ -101,11 +107,12 @@ class StreamRunner:
 
     def _done(self, frame: Frame, job: Job, fut: Future[TaskResult]) -> None:
         ticket = frame.ticket
-        if fut.cancelled():
+        error = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or isinstance(error, Cancelled):
+            # Dropped, handed back, or interrupted by shutdown: not the input's fault.
             if ticket is not None:
                 ticket.hand_back()
             return
-        error = fut.exception()
         if error is not None:
             with self._lock:
                 self._errors += 1

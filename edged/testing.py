@@ -929,7 +929,6 @@ def make_sam_decoder(
         nh.from_array(np.array([], np.float32), "no_roi"),
         nh.from_array(np.array([], np.float32), "no_scales"),
         nh.from_array(np.array(0.0, np.float32), "zero"),
-        nh.from_array(np.array([1], np.int64), "one"),
     ]
     nodes = [
         h.make_node("Slice", ["point_coords", "p0_start", "p0_end"], ["p0"]),  # [1,1,2]
@@ -950,10 +949,9 @@ def make_sam_decoder(
         h.make_node("Add", ["inside", "offsets"], ["grown"]),
         h.make_node("Add", ["grown", "emb_zero"], ["low_res_masks"]),
         h.make_node("Identity", ["ious"], ["iou_predictions"]),
-        # Clamped to >= 1 so the loader's all-zeros warm-up run passes (a real SAM export
-        # fails it: Resize to 0 x 0).
-        h.make_node("Cast", ["orig_im_size"], ["hw_raw"], to=tp.INT64),
-        h.make_node("Max", ["hw_raw", "one"], ["hw"]),
+        # Like a real SAM export this fails on a 0 x 0 orig_im_size: the loader's warm-up
+        # must feed size-like vectors with ones, not zeros.
+        h.make_node("Cast", ["orig_im_size"], ["hw"], to=tp.INT64),
         h.make_node("Concat", ["lead", "hw"], ["sizes"], axis=0),
         h.make_node(
             "Resize", ["low_res_masks", "no_roi", "no_scales", "sizes"], ["masks"], mode="linear"

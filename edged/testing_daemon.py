@@ -8,6 +8,7 @@ the notify socket is a real AF_UNIX datagram socket, the RTSP server is a real s
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -228,6 +229,7 @@ GLib.MainLoop().run()
 """
 
 
+@functools.cache
 def rtsp_server_missing() -> str | None:
     """Why a GStreamer RTSP server cannot run here, or None when it can."""
     if not Path(SYSTEM_PYTHON).exists():

@@ -225,7 +225,7 @@ def test_tiny_decoders_decode_real_encoder_latents(
     shared_models: Path, shared_images: Path
 ) -> None:
     from edged.runtime import config_for, open_session
-    from edged.tasks.generation.decoders import FAMILIES, decode
+    from edged.tasks.generation.decoders import FAMILIES, decode, decode_tiled
 
     image = _photo(shared_images, 128)
     cfg = config_for("onnx:cpu")
@@ -243,7 +243,13 @@ def test_tiny_decoders_decode_real_encoder_latents(
     dec = open_session(cfg, shared_models / "vaelight_decoder.onnx", warmup=False)
     raw = enc.run({"input": image * 2 - 1})["latent"]
     # The decoder family takes UNet-space latents (raw * 0.18215) and unscales them itself.
-    assert psnr(decode(dec, FAMILIES["vaelight"], raw * 0.18215, 0.18215)) > 18.0
+    whole = decode(dec, FAMILIES["vaelight"], raw * 0.18215, 0.18215)
+    assert psnr(whole) > 18.0
+    # Tiled decoding (bounded activation memory) stays within a fraction of a dB of whole.
+    tiled = decode_tiled(dec, FAMILIES["vaelight"], raw * 0.18215, 0.18215, tile=8, overlap=2)
+    assert tiled.shape == whole.shape
+    assert abs(psnr(tiled) - psnr(whole)) < 0.5
+    assert not np.array_equal(tiled, whole)
 
 
 def test_pool_budget_is_never_exceeded(tmp_path: Path) -> None:

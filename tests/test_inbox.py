@@ -124,3 +124,45 @@ def test_disk_full_outbox_fails_the_job_without_partial_files(tmp_path: Path) ->
         assert "No space left" in record["error"]["message"]
         assert listing(outbox) == ["filler"]
         assert listing(dirs.done) == []
+
+
+def test_dropped_files_obey_the_request_limits(tmp_path: Path) -> None:
+    from edged.errors import TooLarge
+    from edged.io.inbox import load_image
+
+    path = tmp_path / "bomb.png"
+    cv2.imwrite(str(path), np.zeros((300, 400), np.uint8))  # 120k pixels, a few hundred bytes
+    with pytest.raises(TooLarge, match="pixels"):
+        load_image(path, max_bytes=1_000_000, max_pixels=100_000)
+    with pytest.raises(TooLarge, match="max_frame_bytes"):
+        load_image(path, max_bytes=10, max_pixels=1_000_000)
+    assert load_image(path, max_bytes=1_000_000, max_pixels=1_000_000).shape == (300, 400, 3)
+    (tmp_path / "junk.bmp").write_bytes(b"BM not really")
+    with pytest.raises(BadRequest, match="not an image"):
+        load_image(tmp_path / "junk.bmp", max_bytes=1_000_000, max_pixels=1_000_000)
+
+
+def test_inbox_source_survives_its_directory_vanishing(tmp_path: Path) -> None:
+    import shutil
+
+    from edged.config import ServiceSettings, StreamSettings
+    from edged.io.inbox import InboxSource
+    from edged.testing_daemon import FrameSink, wait_until
+
+    inbox = tmp_path / "box" / "inbox"
+    sink = FrameSink()
+    cfg = StreamSettings(name="box", source=f"dir:{inbox}", task="segmentation")
+    src = InboxSource(cfg, ServiceSettings(inbox_poll_s=0.02), sink.deliver, sink.on_state)
+    src.start()
+    try:
+        assert wait_until(lambda: sink.state_names() == ["up"], 10)
+        shutil.rmtree(inbox)  # e.g. an unmounted USB stick
+        assert wait_until(lambda: sink.state_names()[-1:] == ["down"], 10)
+        inbox.mkdir()
+        cv2.imwrite(str(inbox / "late.png"), np.zeros((4, 4, 3), np.uint8))
+        assert wait_until(lambda: len(sink.frames) == 1, 10)
+    finally:
+        src.stop()
+    assert sink.state_names() == ["up", "down", "up"]
+    assert sink.frames[0].meta == {"file": "late.png"}
+    assert sink.frames[0].ticket is not None

@@ -123,12 +123,10 @@ def test_windows_of_separate_and_close_holes() -> None:
     mask[10:30, 10:30] = 1  # A: top-left corner
     mask[40:50, 60:90] = 1  # B: close to A -> same window
     mask[900:990, 1900:1995] = 1  # C: far bottom-right corner
-    mask[500:900, 900:1000] = 1  # D: tall hole, bigger than the minimum window? no: 400 < 512
+    mask[500:900, 900:1000] = 1  # D: 400 px tall -> window 400 * (1 + 2 * 0.5) = 800 > 512
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    windows = inpaint_windows = inpainting.plan_windows(
-        labels, count, stats, context=0.5, min_side=512
-    )
-    assert sorted(len(w.labels) for w in inpaint_windows) == [1, 1, 2]
+    windows = inpainting.plan_windows(labels, count, stats, context=0.5, min_side=512)
+    assert sorted(len(w.labels) for w in windows) == [1, 1, 2]
     covered = np.zeros(mask.shape, np.int32)
     for w in windows:
         y0, x0, y1, x1 = w.box

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.errors import BackendUnavailable, BadRequest, ModelLoadError
+from edged.errors import BackendUnavailable, BadRequest, ConfigError, ModelLoadError
 from edged.runtime import config_for, open_session
 from edged.runtime.onnx import PROVIDERS
 from edged.testing import make_scale_model, make_scale_tflite, save_model
@@ -184,6 +184,13 @@ def test_unknown_backend_lists_the_known_ones() -> None:
         config_for("tensorrt:gpu")
     with pytest.raises(BackendUnavailable, match="unknown backend 'litert:gpu'"):
         config_for("litert:gpu")
+
+
+def test_bad_runtime_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="precision: Input should be 'fp32'"):
+        config_for("openvino:cpu", precision="fp64")
+    with pytest.raises(ConfigError, match="threads"):
+        config_for("litert:xnnpack", threads=0)
 
 
 def test_missing_execution_provider_names_the_package(tmp_path: Path) -> None:

@@ -145,3 +145,24 @@ def test_stop_hands_back_queued_and_file_sources_are_released() -> None:
     assert running.future.result(1).model == "m"
     with pytest.raises(Busy, match="shutting down"):
         sched.submit(job("late"))
+
+
+def test_progress_reaches_the_listener_and_counts_as_liveness() -> None:
+    seen: list[tuple[str, int, int, str]] = []
+
+    def stepping(request: TaskRequest, progress: ProgressFn, cancel: threading.Event) -> TaskResult:
+        for i in range(3):
+            progress(i + 1, 3, f"step {i + 1}/3")
+        return TaskResult(request.task, "m", "cpu", {})
+
+    sched = Scheduler(
+        stepping,
+        workers=1,
+        on_progress=lambda j, step, total, msg: seen.append((j.meta["id"], step, total, msg)),
+    )
+    sched.start()
+    job_ = Job(TaskRequest("generation", prompt="a cat"), meta={"id": "r1"})
+    sched.submit(job_)
+    job_.future.result(10)
+    assert seen == [("r1", 1, 3, "step 1/3"), ("r1", 2, 3, "step 2/3"), ("r1", 3, 3, "step 3/3")]
+    assert sched.stop(5)

@@ -56,7 +56,8 @@ def test_daemon_lifecycle_requests_reload_and_sigterm(
     try:
         daemon.start()
         collector = Collector(results)
-        assert "ready" in daemon.notify.messages[-1].get("STATUS", "")
+        ready = next(m for m in daemon.notify.messages if m.get("READY") == "1")
+        assert ready["STATUS"].startswith("ready: 2 stream(s) [box, vid]")
         # A looping video stream publishes masks the size of its frames.
         assert collector.until(lambda m: m.topic == "vid.segmentation"), daemon.log()
         first = collector.results("vid.segmentation")[0]
@@ -69,6 +70,9 @@ def test_daemon_lifecycle_requests_reload_and_sigterm(
             assert next(iter(reply.outputs.values())).shape[:2] == image.shape[:2]
         assert daemon.notify.wait_for("WATCHDOG", "1", n=2, timeout=10)
         assert collector.until(lambda m: m.topic == "stats")
+        assert wait_until(
+            lambda: any("jobs done" in m.get("STATUS", "") for m in daemon.notify.messages), 10
+        )
 
         # SIGHUP: drop "vid", add "still"; "box" keeps running untouched.
         ups_before = len(collector.events("box", "up"))
@@ -196,3 +200,42 @@ def test_sigterm_hands_queued_inbox_files_back(
     assert not list((root / "failed").iterdir())
     outputs = {p.name.split(".png.")[0] + ".png" for p in (root / "outbox").iterdir()}
     assert outputs == done  # results only for finished inputs
+
+
+def test_sigterm_answers_a_job_that_outlives_the_drain_and_exits_0(
+    daemon_dir: Path, shared_models: Path, shared_images: Path
+) -> None:
+    import threading
+
+    from edged.errors import EdgedError
+
+    config = toml_config(daemon_dir / "edged.toml", shared_models, [], {"drain_timeout_s": 0.3})
+    requests, _ = endpoints()
+    daemon = Daemon(config, daemon_dir).start()
+    outcome: list[object] = []
+
+    def slow_request() -> None:  # Real-ESRGAN x4: seconds per 128 px tile on this machine
+        with Client(requests, timeout_s=60) as client:
+            try:
+                outcome.append(
+                    client.request(
+                        "superres", portrait(shared_images, 160), model="realesrgan-x4plus"
+                    )
+                )
+            except EdgedError as exc:
+                outcome.append(exc)
+
+    caller = threading.Thread(target=slow_request)
+    try:
+        caller.start()
+        with Client(requests, timeout_s=10) as client:
+            assert wait_until(lambda: client.stats()["scheduler"]["busy_workers"] == 1, 30)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+        caller.join(30)
+    finally:
+        daemon.close()
+    assert len(outcome) == 1  # exactly one reply, even though the job never finished
+    assert isinstance(outcome[0], EdgedError)
+    assert "shutting down" in str(outcome[0])
+    assert '"all_jobs_finished": false' in daemon.log()

@@ -118,3 +118,17 @@ def test_undecodable_image_file_reports_down(tmp_path: Path) -> None:
     src.stop()
     assert sink.state_names() == ["down"]
     assert "cannot decode" in sink.states[0][1]["error"]
+
+
+def test_pacer_applies_every_nth_then_max_fps_on_the_source_clock() -> None:
+    from edged.io.sources import _Pacer
+
+    now = [0.0]
+    pacer = _Pacer(every_nth=2, max_fps=5.0, clock=lambda: now[0])
+    taken = []
+    for i in range(20):  # a 20 fps camera for one second
+        now[0] = i * 0.05
+        if pacer.take():
+            taken.append(i)
+    # every 2nd frame is a candidate (10 fps), max_fps keeps one per 0.2 s
+    assert taken == [0, 4, 8, 12, 16]

@@ -27,6 +27,11 @@ def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParse
     )
     p.add_argument("--block-size", type=int, default=32, help="int4: weights per scale block")
     p.add_argument(
+        "--components",
+        default="unet",
+        help="model dir: comma-separated components to quantize (unet,text_encoder)",
+    )
+    p.add_argument(
         "--fp32-convs",
         action="store_true",
         help="leave convolutions fp32 (default: 8-bit conv weights with both int schemes)",
@@ -36,6 +41,8 @@ def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParse
 
 def _quantize(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"convs": not args.fp32_convs}
+    if args.src.is_dir():
+        kwargs["components"] = [c.strip() for c in args.components.split(",") if c.strip()]
     if args.scheme == "int4-weights":
         kwargs["block_size"] = args.block_size
     report = quantize(args.src, args.out, args.scheme, **kwargs)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edged.config import ServiceSettings, StreamSettings
-from edged.errors import EdgedError, SourceError
+from edged.errors import BadRequest, EdgedError, SourceError, TooLarge
 from edged.io.sources import Deliver, Frame, StateFn, read_image
 from edged.log import get_logger
 from edged.tasks.base import TaskResult
@@ -197,6 +198,30 @@ def recover(dirs: InboxDirs, stream: str) -> dict[str, int]:
     return counts
 
 
+def load_image(path: Path, max_bytes: int, max_pixels: int) -> Any:
+    """RGB uint8 from a dropped file, with the request limits applied before decoding.
+
+    PNG and JPEG headers are checked for their pixel count first (a decompression bomb is
+    refused without being inflated); other formats OpenCV reads are size-checked after.
+    """
+    from edged.io.payloads import decode_image
+
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise TooLarge(f"{path.name}: {size} bytes is over zmq.max_frame_bytes ({max_bytes})")
+    data = path.read_bytes()
+    if data.startswith(b"\x89PNG"):
+        return decode_image(path.name, data, "png", channels=3, max_pixels=max_pixels)
+    if data[:2] == b"\xff\xd8":
+        return decode_image(path.name, data, "jpeg", channels=3, max_pixels=max_pixels)
+    image = read_image(path)
+    if image is None:
+        raise BadRequest(f"{path.name}: not an image OpenCV can decode (PNG, JPEG, BMP, ...)")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise TooLarge(f"{path.name}: over zmq.max_pixels ({max_pixels})")
+    return image
+
+
 class InboxSource:
     """Polls an inbox directory and delivers every file, oldest first."""
 
@@ -212,6 +237,8 @@ class InboxSource:
         *,
         outbox: Path | None = None,
         has_room: Any = None,
+        max_bytes: int = 32_000_000,
+        max_pixels: int = 40_000_000,
     ) -> None:
         self.name = settings.name
         self.dirs = InboxDirs(Path(settings.source.removeprefix("dir:")), outbox)
@@ -219,6 +246,8 @@ class InboxSource:
         self._deliver = deliver
         self._on_state = on_state
         self._has_room = has_room
+        self._max_bytes = max_bytes
+        self._max_pixels = max_pixels
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._loop, name=f"edged-inbox-{self.name}", daemon=True
@@ -243,20 +272,35 @@ class InboxSource:
         return {"kind": "inbox", "state": self.state, "claimed": self.claimed}
 
     def _pending(self) -> list[Path]:
-        try:
-            entries = [p for p in self.dirs.inbox.iterdir() if not p.name.startswith(".")]
-        except OSError:
-            return []
-        files = [p for p in entries if p.is_file()]
-        return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+        """Regular, non-dot files, oldest first (a file may vanish while we look: skip it)."""
+        found = []
+        for path in self.dirs.inbox.iterdir():
+            if path.name.startswith("."):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                if stat.S_ISREG(st.st_mode):
+                    found.append((st.st_mtime, path.name, path))
+        return [path for *_, path in sorted(found)]
+
+    def _set_state(self, state: str, **data: Any) -> None:
+        if state != self.state:
+            self.state = state
+            self._on_state(state, {"kind": "inbox", "path": str(self.dirs.inbox), **data})
 
     def _loop(self) -> None:
-        self.state = "up"
-        self._on_state("up", {"kind": "inbox", "path": str(self.dirs.inbox)})
         while not self._stop.is_set():
-            for path in self._pending():
-                if self._stop.is_set() or not self._take(path):
-                    break
+            try:
+                pending = self._pending()
+                self._set_state("up")
+                for path in pending:
+                    if self._stop.is_set() or not self._take(path):
+                        break
+            except OSError as exc:
+                # The inbox vanished or became unreadable (unmounted disk...): say so, retry.
+                if self.state != "down":
+                    log.warning("inbox unavailable", stream=self.name, error=str(exc))
+                self._set_state("down", error=str(exc))
             self._stop.wait(self._poll)
         self.state = "stopped"
 
@@ -271,9 +315,10 @@ class InboxSource:
         except FileNotFoundError:
             return True
         self.claimed += 1
-        image = read_image(ticket.claimed)
-        if image is None:
-            ticket.fail(SourceError(f"{path.name}: not an image OpenCV can decode"))
+        try:
+            image = load_image(ticket.claimed, self._max_bytes, self._max_pixels)
+        except EdgedError as exc:
+            ticket.fail(exc)
             return True
         frame = Frame(image, self._seq, time.time(), {"file": path.name}, ticket=ticket)
         self._seq += 1

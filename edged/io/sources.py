@@ -94,9 +94,12 @@ def _cv2() -> Any:
 class _Pacer:
     """every_nth and max_fps: decides which read frames are delivered."""
 
-    def __init__(self, every_nth: int, max_fps: float | None) -> None:
+    def __init__(
+        self, every_nth: int, max_fps: float | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.every_nth = every_nth
         self.min_interval = 1.0 / max_fps if max_fps else 0.0
+        self._clock = clock
         self._count = 0
         self._last = -1e18
 
@@ -104,8 +107,10 @@ class _Pacer:
         self._count += 1
         if (self._count - 1) % self.every_nth:
             return False
-        now = time.monotonic()
-        if now - self._last < self.min_interval:
+        now = self._clock()
+        # 5 % slack: a camera at exactly max_fps jitters around the interval, and a strict
+        # comparison would drop every other frame and halve the rate.
+        if now - self._last < self.min_interval * 0.95:
             return False
         self._last = now
         return True

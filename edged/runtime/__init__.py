@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from edged.errors import BackendUnavailable, ModelLoadError
+from edged.errors import BackendUnavailable, ConfigError, ModelLoadError
 from edged.log import get_logger
 from edged.runtime.base import (
     FORMAT_OF_RUNTIME,
@@ -25,9 +25,9 @@ from edged.runtime.base import (
     split_backend,
     warmup_feeds,
 )
-from edged.runtime.litert import LiteRTConfig
-from edged.runtime.onnx import OnnxConfig
-from edged.runtime.openvino import OpenVINOConfig
+from edged.runtime.litert import LiteRTConfig, LiteRTSession
+from edged.runtime.onnx import OnnxConfig, OnnxSession
+from edged.runtime.openvino import OpenVINOConfig, OpenVINOSession
 
 RuntimeConfig = Annotated[OnnxConfig | LiteRTConfig | OpenVINOConfig, Field(discriminator="kind")]
 """Any backend's config; ``kind`` selects the class (``{"kind": "onnx", "provider": "qnn"}``)."""
@@ -70,7 +70,11 @@ _CONFIG_BUILDERS: dict[str, Callable[[str, int | None, str | None], dict[str, An
 def config_for(
     backend: str, *, threads: int | None = None, precision: str | None = None
 ) -> OnnxConfig | LiteRTConfig | OpenVINOConfig:
-    """Backend name -> that runtime's config. Unknown names are ``BackendUnavailable``."""
+    """Backend name -> that runtime's config.
+
+    Unknown names are ``BackendUnavailable`` (a chain may name backends of other builds);
+    bad values (threads < 1, an unknown precision) are ``ConfigError``.
+    """
     runtime, variant = split_backend(backend)
     if variant not in BACKENDS.get(runtime, ()):
         known = ", ".join(f"{r}:{v}" for r, vs in BACKENDS.items() for v in vs)
@@ -80,27 +84,17 @@ def config_for(
             _CONFIG_BUILDERS[runtime](variant, threads, precision)
         )
     except ValidationError as exc:
-        raise BackendUnavailable(f"{backend}: invalid options: {one_line(exc)}") from exc
+        problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{backend}: invalid runtime options: {problems}") from exc
 
 
-def _construct(
-    config: OnnxConfig | LiteRTConfig | OpenVINOConfig,
-    path: Path,
-    cache_dir: Path | None,
-    sha256: str | None,
-) -> Session:
-    # Imports stay here: each backend module imports its runtime only inside its session.
-    if isinstance(config, OnnxConfig):
-        from edged.runtime.onnx import OnnxSession
-
-        return OnnxSession.load(path, config, cache_dir=cache_dir, sha256=sha256)
-    if isinstance(config, LiteRTConfig):
-        from edged.runtime.litert import LiteRTSession
-
-        return LiteRTSession.load(path, config)
-    from edged.runtime.openvino import OpenVINOSession
-
-    return OpenVINOSession.load(path, config, cache_dir=cache_dir)
+_OPENERS: dict[str, Callable[..., Session]] = {
+    "onnx": OnnxSession.load,
+    "litert": LiteRTSession.load,
+    "openvino": OpenVINOSession.load,
+}
+"""config.kind -> ``load(path, config, *, cache_dir, sha256)``; the runtimes themselves are
+imported inside those, on first use."""
 
 
 def warm_up(session: Session, size: tuple[int, int] | None = None) -> None:
@@ -138,7 +132,7 @@ def open_session(
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist")
     start = time.perf_counter()
-    session = _construct(config, path, cache_dir, sha256)
+    session = _OPENERS[config.kind](path, config, cache_dir=cache_dir, sha256=sha256)
     loaded = time.perf_counter()
     if warmup:
         warm_up(session, warmup_size)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +23,9 @@ from edged.errors import BadRequest
 
 Dim = int | str | None
 """A tensor dimension: a fixed size, a symbolic name (``"height"``) or unknown (None)."""
+
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+"""Compute/weight precision names shared by profiles, catalogue files and runtime configs."""
 
 Array = npt.NDArray[np.generic]
 Feeds = Mapping[str, Array]
@@ -170,7 +173,8 @@ def format_shape(shape: Sequence[Dim]) -> str:
 def warmup_feeds(
     inputs: Sequence[TensorSpec], size: tuple[int, int] | None = None
 ) -> dict[str, Array]:
-    """Zeros for every input: dynamic batch -> 1, other dynamic dims -> ``size`` (h, w) or 64.
+    """Zeros for every tensor input (ones for rank <= 1): dynamic batch -> 1, other dynamic dims
+    -> ``size`` (h, w) or 64.
 
     64 is small enough to be cheap even for a big SR model and divisible by the down-sampling
     factors image models use (8, 16, 32, 64).
@@ -186,7 +190,11 @@ def warmup_feeds(
                 dims.append(1)
             else:
                 dims.append(fill.pop(0) if fill else 64)
-        feeds[spec.name] = np.zeros(dims, dtype=_np_dtype(spec.dtype) or np.float32)
+        dtype = _np_dtype(spec.dtype) or np.float32
+        # Rank-0/1 inputs are usually sizes or flags (SAM's orig_im_size, a UNet timestep):
+        # ones keep them valid where zeros would ask for a 0x0 resize.
+        fill_value = 1 if len(dims) <= 1 else 0
+        feeds[spec.name] = np.full(dims, fill_value, dtype=dtype)
     return feeds
 
 

@@ -91,7 +91,15 @@ class LiteRTSession:
         self.outputs = tuple(_spec(d) for d in out_details)
 
     @classmethod
-    def load(cls, path: Path, config: LiteRTConfig) -> LiteRTSession:
+    def load(
+        cls,
+        path: Path,
+        config: LiteRTConfig,
+        *,
+        cache_dir: Path | None = None,
+        sha256: str | None = None,
+    ) -> LiteRTSession:
+        """LiteRT has no compile step worth caching: ``cache_dir``/``sha256`` are unused."""
         return cls(path, config)
 
     def _reshape(self, arrays: dict[str, Array]) -> None:

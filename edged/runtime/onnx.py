@@ -27,6 +27,7 @@ from edged.log import get_logger
 from edged.runtime.base import (
     Array,
     Feeds,
+    Precision,
     TensorSpec,
     cache_key,
     check_feeds,
@@ -74,7 +75,7 @@ class OnnxConfig(StrictModel):
         default="cpu", description="Execution provider; CPU is always appended as fallback."
     )
     threads: int | None = Field(default=None, ge=1, description="intra-op threads.")
-    precision: str | None = Field(
+    precision: Precision | None = Field(
         default=None, description="fp32/fp16/int8: selects EP precision options (QNN, OpenVINO)."
     )
     cpu_arena: bool = Field(

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from edged.errors import BackendUnavailable, EdgedError, ModelLoadError
-from edged.runtime.base import Array, Feeds, TensorSpec, check_feeds, one_line
+from edged.runtime.base import Array, Feeds, Precision, TensorSpec, check_feeds, one_line
 from edged.schema import StrictModel
 
 KIND = "openvino"
@@ -44,7 +44,7 @@ class OpenVINOConfig(StrictModel):
     kind: Literal["openvino"] = "openvino"
     device: Literal["CPU", "GPU", "NPU"] = Field(default="CPU", description="Target device.")
     threads: int | None = Field(default=None, ge=1, description="INFERENCE_NUM_THREADS.")
-    precision: str | None = Field(
+    precision: Precision | None = Field(
         default=None,
         description="fp32/fp16/bf16 -> INFERENCE_PRECISION_HINT; None or int8 keeps the default.",
     )
@@ -142,8 +142,14 @@ class OpenVINOSession:
 
     @classmethod
     def load(
-        cls, path: Path, config: OpenVINOConfig, *, cache_dir: Path | None = None
+        cls,
+        path: Path,
+        config: OpenVINOConfig,
+        *,
+        cache_dir: Path | None = None,
+        sha256: str | None = None,
     ) -> OpenVINOSession:
+        """OpenVINO keys its own cache on the model, so ``sha256`` is unused."""
         return cls(path, config, cache_dir=cache_dir)
 
     def run(self, feeds: Feeds) -> dict[str, Array]:

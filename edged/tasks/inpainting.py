@@ -312,7 +312,7 @@ def run(
         "primary": "image",
     }
     t1 = time.perf_counter()
-    backend = "opencv" if entry.family == "opencv" else request.backend or ""
+    backend = "opencv" if entry.family == "opencv" else "none"  # "none": no hole, no model run
     if not hole.any():
         out = image.copy()
     elif entry.family == "opencv":

@@ -99,6 +99,7 @@ def _params(model: ModelDir, request: TaskRequest) -> GenParams:
             width=ints.get("width", 512),
             height=ints.get("height", 512),
             decoder=str(raw.get("decoder", "vae")),
+            decoder_tile=int(raw["decoder_tile"]) if "decoder_tile" in raw else None,
         )
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"generation params: {exc}") from exc
@@ -148,6 +149,7 @@ def run(
         "family": model.family,
         "residency": residency.strategy,
         "decoder": params.decoder,
+        "decoder_tile": params.decoder_tile,
         "text_encoder": "remote" if remote else "local",
         "embedding_cache_hit": cache.hits > hits,
         "seconds_per_stage": timings,

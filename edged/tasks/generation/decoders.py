@@ -120,6 +120,59 @@ def decode(session: Session, family: DecoderFamily, latents: F32, scaling: float
     return np.asarray(np.clip((image - lo) / (hi - lo), 0.0, 1.0), dtype=np.float32)
 
 
+def decode_tiled(
+    session: Session,
+    family: DecoderFamily,
+    latents: F32,
+    scaling: float,
+    *,
+    tile: int = 32,
+    overlap: int = 8,
+) -> F32:
+    """Decode overlapping ``tile`` x ``tile`` latent tiles and feather them together.
+
+    Activation memory of a VAE decoder grows with the output area (~1.2 GB for 512x512 on
+    SD's VAE); tiles bound it by the tile's area at the cost of ~(tile/stride)^2 more work.
+    Group norms see one tile at a time, so seams are possible but faint (OnnxStream and
+    diffusers tile the same way).
+    """
+    _, _, h, w = latents.shape
+    if tile <= overlap or (h <= tile and w <= tile):
+        return decode(session, family, latents, scaling)
+    out: F32 | None = None
+    weight = np.zeros((1, 1, 8 * h, 8 * w), np.float32)
+    for y in _starts(h, tile, overlap):
+        for x in _starts(w, tile, overlap):
+            th, tw = min(tile, h), min(tile, w)
+            part = decode(session, family, latents[:, :, y : y + th, x : x + tw], scaling)
+            if out is None:
+                out = np.zeros((part.shape[0], 3, 8 * h, 8 * w), np.float32)
+            mask = np.outer(_ramp(y, th, h, overlap), _ramp(x, tw, w, overlap))[None, None]
+            out[:, :, 8 * y : 8 * (y + th), 8 * x : 8 * (x + tw)] += part * mask
+            weight[:, :, 8 * y : 8 * (y + th), 8 * x : 8 * (x + tw)] += mask
+    assert out is not None
+    return np.asarray(out / np.maximum(weight, 1e-6), dtype=np.float32)
+
+
+def _starts(n: int, tile: int, overlap: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    starts = list(range(0, n - tile, tile - overlap))
+    return [*starts, n - tile]
+
+
+def _ramp(start: int, length: int, total: int, overlap: int) -> F32:
+    """Per-pixel blend weight along one axis: linear ramps where a tile overlaps a neighbour."""
+    ramp = np.ones(8 * length, np.float32)
+    width = 8 * overlap
+    edge = (np.arange(width, dtype=np.float32) + 0.5) / width
+    if start > 0:
+        ramp[:width] = edge
+    if start + length < total:
+        ramp[-width:] = edge[::-1]
+    return ramp
+
+
 def _sum_resized(arrays: list[F32]) -> F32:
     """VAElight: image = sum of its multi-scale outputs, each resized to the largest."""
     import cv2

@@ -86,6 +86,8 @@ class GenParams:
     width: int = 512
     height: int = 512
     decoder: str = "vae"
+    decoder_tile: int | None = None
+    """Latent tile size for decoding (0 = whole image; None = 32 when staged, else 0)."""
 
     def __post_init__(self) -> None:
         for side in (self.width, self.height):
@@ -214,7 +216,10 @@ def generate(
     path, family = decoders.resolve(residency.engine, params.decoder, model.root)
     decoders.check_pairing(family, int(latents.shape[1]))
     with residency.use(f"decoder:{params.decoder}", path) as dec:
-        image = decoders.decode(dec, family, latents, model.vae_scaling)
+        tile = params.decoder_tile
+        if tile is None:
+            tile = 32 if residency.strategy == "staged" else 0
+        image = decoders.decode_tiled(dec, family, latents, model.vae_scaling, tile=tile)
     residency.release(f"decoder:{params.decoder}")
     clock["decoder"] = time.perf_counter() - start
     return decoders.to_uint8(image)

@@ -1,0 +1,257 @@
+"""``edged bench stream``: selfie segmentation on a 640x360 video, through the daemon.
+
+The benchmark makes its own clip: 640x360 crops panning across a real photo
+(``../shared/images/portraits/zidane.jpg``: two people, so the mask moves), MJPG-coded.
+
+- ``edged``: a real ``edged run`` subprocess with the clip as a looping ``[[streams]]`` video
+  source publishing masks; a subscriber in this process counts results for ``--seconds``
+  after a warm-up: frames published per second, frames dropped (gaps in ``seq``), and the
+  end-to-end latency from capture (the source's ``captured_at``) to the subscriber.
+- ``raw LiteRT loop`` (ceiling): the same frames through ``ai_edge_litert`` directly: resize,
+  invoke, resize back, threshold; no daemon, no publishing.
+- ``MediaPipe`` (baseline): MediaPipe's own legacy ``SelfieSegmentation`` solution
+  (mediapipe==0.10.14, in an isolated venv made on first use) on the same clip.
+
+Goal (issue 9): edged >= 1.5 x MediaPipe frames per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.bench import venvs
+from edged.bench.common import (
+    add_bench_args,
+    bench_settings,
+    emit,
+    fmt_ratio,
+    goal,
+    machine,
+    md_table,
+    percentile,
+    profile_threads,
+    ratio,
+)
+from edged.bench.daemon import BenchDaemon
+from edged.client import Subscriber
+from edged.errors import BackendUnavailable, EdgedError
+
+MODEL = "selfie_segmentation"
+SIZE = (640, 360)
+GOAL_RATIO = 1.5
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "stream",
+        help="640x360 selfie stream through the daemon vs MediaPipe and a raw LiteRT loop",
+        description=__doc__,
+    )
+    add_bench_args(parser)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window (edged)")
+    parser.add_argument("--frames", type=int, default=300, help="frames per baseline loop")
+    parser.add_argument("--no-mediapipe", action="store_true", help="skip the MediaPipe venv")
+    parser.set_defaults(handler=_handler)
+
+
+def make_clip(path: Path, frames: int = 150, fps: float = 30.0) -> Path:
+    """A 640x360 MJPG clip panning over a real photo (synthetic if the photo is absent)."""
+    from edged.bench.common import bench_image
+    from edged.testing_daemon import moving_frames, write_video
+
+    photo = bench_image(1280, 720)
+    return write_video(path, moving_frames(photo, frames, size=SIZE), fps=fps)
+
+
+def read_frames(path: Path, count: int) -> list[np.ndarray[Any, Any]]:
+    """``count`` RGB frames of the clip (looping), decoded up front."""
+    import cv2
+
+    out: list[np.ndarray[Any, Any]] = []
+    cap = cv2.VideoCapture(str(path))
+    while len(out) < count:
+        ok, bgr = cap.read()
+        if not ok:
+            cap.release()
+            if not out:
+                raise EdgedError(f"cannot read the benchmark clip {path}")
+            cap = cv2.VideoCapture(str(path))
+            continue
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return out
+
+
+def raw_litert_loop(model_path: Path, frames: list[Any], threads: int) -> dict[str, Any]:
+    """The ceiling: interpreter calls with the least work around them."""
+    import cv2
+
+    from edged.runtime.litert import _import_interpreter
+
+    interpreter_cls, _ = _import_interpreter()
+    interp = interpreter_cls(model_path=str(model_path), num_threads=threads)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    th, tw = int(inp["shape"][1]), int(inp["shape"][2])
+
+    def one(rgb: Any) -> Any:
+        small = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_LINEAR)
+        interp.set_tensor(inp["index"], (small.astype(np.float32) * (1 / 255.0))[None])
+        interp.invoke()
+        prob = interp.get_tensor(out["index"])[0, :, :, 0]
+        big = cv2.resize(prob, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+        return (big >= 0.5).astype(np.uint8) * 255
+
+    for rgb in frames[:20]:
+        one(rgb)
+    per_frame: list[float] = []
+    start = time.perf_counter_ns()
+    for rgb in frames:
+        t0 = time.perf_counter_ns()
+        one(rgb)
+        per_frame.append((time.perf_counter_ns() - t0) / 1e6)
+    seconds = (time.perf_counter_ns() - start) / 1e9
+    return {
+        "fps": round(len(frames) / seconds, 2),
+        "frames": len(frames),
+        "frame_p50_ms": round(percentile(per_frame, 50), 3),
+    }
+
+
+def mediapipe_loop(clip: Path, frames: int) -> dict[str, Any]:
+    python = venvs.ensure_venv(venvs.MEDIAPIPE)
+    script = venvs.script("mediapipe_baseline.py")
+    return venvs.run_json(python, script, ["--video", str(clip), "--frames", str(frames)], 600)
+
+
+def collect(sub: Subscriber, warmup_s: float, seconds: float) -> list[tuple[float, dict[str, Any]]]:
+    """(receive time, header) of every result in the window after ``warmup_s``."""
+    end_warmup = time.monotonic() + warmup_s
+    while time.monotonic() < end_warmup:
+        sub.recv(0.1)
+    got: list[tuple[float, dict[str, Any]]] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        message = sub.recv(left)
+        if message is not None and not message.topic.startswith(("events.", "stats")):
+            got.append((time.time(), message.header))
+    return got
+
+
+def edged_stream(
+    settings: Any, clip: Path, threads: int, seconds: float, work: Path
+) -> dict[str, Any]:
+    stream = {"name": "cam0", "source": str(clip), "task": "segmentation", "model": MODEL}
+    daemon = BenchDaemon(
+        work,
+        model_dirs=list(settings.model_dirs),
+        threads=threads,
+        warmup_models=[MODEL],
+        streams=[{**stream, "loop": True}],
+    )
+    with daemon, Subscriber(daemon.results_endpoint, ["cam0."]) as sub:
+        got = collect(sub, warmup_s=2.0, seconds=seconds)
+    if len(got) < 2:
+        raise EdgedError(f"the daemon published {len(got)} results in {seconds:g} s")
+    return stream_figures(got, seconds)
+
+
+def stream_figures(got: list[tuple[float, dict[str, Any]]], seconds: float) -> dict[str, Any]:
+    """fps, drops (``seq`` gaps) and latencies from received (time, header) pairs."""
+    seqs = [int(h["seq"]) for _, h in got]
+    e2e = [(t - float(h["captured_at"])) * 1000 for t, h in got]
+    pub = [(float(h["published_at"]) - float(h["captured_at"])) * 1000 for _, h in got]
+    span = max(got[-1][0] - got[0][0], 1e-9)
+    expected = seqs[-1] - seqs[0] + 1
+    return {
+        "fps": round((len(got) - 1) / span, 2),
+        "frames": len(got),
+        "seconds": round(span, 2),
+        "dropped": expected - len(set(seqs)),
+        "e2e_p50_ms": round(percentile(e2e, 50), 3),
+        "e2e_p95_ms": round(percentile(e2e, 95), 3),
+        "capture_to_publish_p50_ms": round(percentile(pub, 50), 3),
+        "run_p50_ms": round(percentile([h["latency_ms"]["total"] for _, h in got], 50), 3),
+        "backend": got[-1][1].get("backend"),
+    }
+
+
+def run_suite(
+    settings: Any, threads: int, seconds: float, frames: int, mediapipe: bool
+) -> dict[str, Any]:
+    from edged.catalog import Catalog
+
+    catalog = Catalog.from_settings(settings)
+    entry = catalog.get(MODEL)
+    paths = [p for f in entry.files if f.format == "tflite" and (p := catalog.locate(f))]
+    if not paths:
+        raise BackendUnavailable(f"{MODEL}: no .tflite file in the model dirs")
+    result: dict[str, Any] = {"suite": "stream", "machine": machine(threads), "size": list(SIZE)}
+    with tempfile.TemporaryDirectory(prefix="edged-bench-stream-") as tmp:
+        clip = make_clip(Path(tmp) / "clip.avi")
+        result["clip"] = "640x360 MJPG, 150 frames panning over zidane.jpg, looped"
+        result["edged"] = edged_stream(settings, clip, threads, seconds, Path(tmp) / "daemon")
+        result["raw_litert"] = raw_litert_loop(paths[0], read_frames(clip, frames), threads)
+        result["mediapipe"] = _baseline(clip, frames) if mediapipe else {"skipped": "--no-mediapipe"}
+    return _with_ratios(result)
+
+
+def _baseline(clip: Path, frames: int) -> dict[str, Any]:
+    try:
+        return mediapipe_loop(clip, frames)
+    except BackendUnavailable as exc:
+        return {"error": str(exc)}
+
+
+def _with_ratios(result: dict[str, Any]) -> dict[str, Any]:
+    fps = result["edged"]["fps"]
+    mp_fps = result["mediapipe"].get("fps")
+    result["ratios"] = {
+        "edged/mediapipe": ratio(fps, mp_fps),
+        "edged/raw_litert": ratio(fps, result["raw_litert"]["fps"]),
+        "raw_litert/mediapipe": ratio(result["raw_litert"]["fps"], mp_fps),
+    }
+    r = result["ratios"]["edged/mediapipe"]
+    result["goals"] = [
+        goal("stream fps >= 1.5 x MediaPipe", r, GOAL_RATIO, None if r is None else r >= GOAL_RATIO)
+    ]
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    e, raw, mp = result["edged"], result["raw_litert"], result["mediapipe"]
+    mp_note = mp.get("error") or mp.get("skipped")
+    rows = [
+        ["edged run (stream -> PUB -> SUB)", e["fps"], e["dropped"], e["e2e_p50_ms"],
+         e["e2e_p95_ms"], "1.00x"],
+        ["raw LiteRT loop (no daemon)", raw["fps"], "-", raw["frame_p50_ms"], "-",
+         fmt_ratio(ratio(raw["fps"], e["fps"]))],
+        ["MediaPipe 0.10.14 legacy SelfieSegmentation", mp.get("fps"), "-",
+         mp.get("frame_p50_ms"), "-", fmt_ratio(ratio(mp.get("fps"), e["fps"]))],
+    ]  # fmt: skip
+    headers = ["pipeline (640x360 selfie)", "fps", "dropped", "latency p50 ms", "p95 ms", "vs edged"]
+    lines = [md_table(headers, rows)]
+    if mp_note:
+        lines.append(f"\nMediaPipe: {mp_note}")
+    g = result["goals"][0]
+    state = "unmeasured" if g["met"] is None else "met" if g["met"] else "NOT met"
+    lines.append(f"\nGoal {g['goal']}: {fmt_ratio(g['value'])}: {state}")
+    lines.append(
+        "Latency: edged = capture -> subscriber; loops = one frame's processing (no queue)."
+    )
+    return "\n".join(lines)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    settings = bench_settings(args)
+    threads = profile_threads(settings, args.threads)
+    result = run_suite(settings, threads, args.seconds, args.frames, not args.no_mediapipe)
+    emit(result, args.json, table)
+    return 0

@@ -1,0 +1,382 @@
+"""Accuracy gate, speed-gate records and the load-time "may this precision load here?" rule.
+
+Accuracy gate (per quantized variant, on the held-out split of a calibration set):
+
+* super-resolution -- Y-channel PSNR against the HR image (border of ``scale`` px cropped,
+  LR made with the model's training degradation): the variant may lose at most
+  ``max_psnr_drop_db`` (0.3) against its fp32 original and must never score below bicubic;
+* segmentation -- IoU of the variant's person mask with the fp32 mask, at least ``min_iou``
+  (0.97);
+* inpainting -- PSNR inside the hole against the original, at most ``max_hole_drop_db`` drop.
+
+The result is a plain dict stored on ``ModelFile.gate`` (see ``record_gate``), so
+``edged models list`` shows it and the loader can read it.
+
+Speed gate: ``edged bench quantization`` times fp32 against int8 per (board, model, backend)
+and writes the winner to ``{state_dir}/quantization.json``; ``precision_allowed`` reads it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edged.catalog_schema import ModelEntry, ModelFile
+from edged.config import Settings
+from edged.log import get_logger
+from edged.runtime.base import Session, split_backend
+
+log = get_logger("quantgate")
+
+RECORDS_FILE = "quantization.json"
+QUANTIZED = ("int8", "int4")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_psnr_drop_db: float = 0.3
+    min_iou: float = 0.97
+    max_hole_drop_db: float = 0.5
+
+
+DEFAULTS = Thresholds()
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def psnr(a: npt.NDArray[Any], b: npt.NDArray[Any], peak: float = 255.0) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0.0 else 10.0 * float(np.log10(peak * peak / mse))
+
+
+def iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
+    union = int(np.logical_or(a, b).sum())
+    return 1.0 if union == 0 else int(np.logical_and(a, b).sum()) / union
+
+
+def _y255(image: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """H x W x 1 float 0..1 (model output) or RGB uint8 -> Y levels 0..255, rounded."""
+    if image.dtype == np.uint8:
+        y = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)[..., 0].astype(np.float64)
+    else:
+        y = np.clip(np.rint(image[..., 0] * 255.0), 0, 255).astype(np.float64)
+    return y
+
+
+def _crop(a: npt.NDArray[Any], border: int) -> npt.NDArray[Any]:
+    return a[border:-border, border:-border] if border else a
+
+
+# ---------------------------------------------------------------- gates
+
+
+@dataclass
+class GateResult:
+    """Verdict plus the numbers behind it; ``as_dict`` is what the catalogue stores."""
+
+    passed: bool
+    metric: str
+    values: dict[str, float]
+    threshold: dict[str, float]
+    images: int
+    reasons: list[str] = field(default_factory=list)
+    calibration: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "passed": self.passed,
+            "metric": self.metric,
+            **{k: round(v, 4) for k, v in self.values.items()},
+            **self.threshold,
+            "images": self.images,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if self.calibration:
+            out["calibration_sha256"] = self.calibration
+        if self.reasons:
+            out["reasons"] = "; ".join(self.reasons)
+        return out
+
+    def summary(self) -> str:
+        nums = ", ".join(f"{k} {v:.2f}" for k, v in self.values.items())
+        verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.reasons)
+        return f"{self.metric} {nums} -> {verdict}"
+
+
+def sr_gate(
+    entry: ModelEntry,
+    fp32: Session,
+    quant: Session,
+    images: Sequence[npt.NDArray[np.uint8]],
+    thresholds: Thresholds = DEFAULTS,
+    *,
+    crop: int | None = None,
+) -> GateResult:
+    """Mean Y-PSNR over ``images`` (HR, RGB) of fp32, variant and bicubic; see module doc."""
+    from edged.calibration import sr_pair
+
+    scale = int(entry.params.get("scale", 1))
+    sums = {"fp32_db": 0.0, "quant_db": 0.0, "bicubic_db": 0.0}
+    for hr in images:
+        lr, hr_c = sr_pair(entry, hr, crop)
+        truth = _crop(_y255(hr_c), scale)
+        bicubic = cv2.resize(lr, (hr_c.shape[1], hr_c.shape[0]), interpolation=cv2.INTER_CUBIC)
+        sums["bicubic_db"] += psnr(_crop(_y255(bicubic), scale), truth)
+        sums["fp32_db"] += psnr(_crop(_sr_y(entry, fp32, lr), scale), truth)
+        sums["quant_db"] += psnr(_crop(_sr_y(entry, quant, lr), scale), truth)
+    n = max(1, len(images))
+    values = {k: v / n for k, v in sums.items()}
+    values["drop_db"] = values["fp32_db"] - values["quant_db"]
+    reasons = []
+    if values["drop_db"] > thresholds.max_psnr_drop_db:
+        reasons.append(
+            f"loses {values['drop_db']:.2f} dB vs fp32 ({values['quant_db']:.2f} vs "
+            f"{values['fp32_db']:.2f}; limit {thresholds.max_psnr_drop_db} dB)"
+        )
+    # GAN-trained models score below bicubic in fp32 already: the floor says nothing there.
+    floor_applies = values["fp32_db"] >= values["bicubic_db"]
+    if floor_applies and values["quant_db"] < values["bicubic_db"]:
+        reasons.append(f"below bicubic ({values['quant_db']:.2f} < {values['bicubic_db']:.2f} dB)")
+    return GateResult(
+        passed=not reasons,
+        metric="y_psnr",
+        values=values,
+        threshold={"max_drop_db": thresholds.max_psnr_drop_db},
+        images=len(images),
+        reasons=reasons,
+    )
+
+
+def _sr_y(entry: ModelEntry, session: Session, lr: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
+    from edged.calibration import sr_upscale_y
+
+    out = sr_upscale_y(entry, session, lr)
+    if entry.family == "sr-y":
+        return _y255(out)
+    rgb = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+    return _y255(rgb)
+
+
+def seg_gate(
+    entry: ModelEntry,
+    fp32: Session,
+    quant: Session,
+    images: Sequence[npt.NDArray[np.uint8]],
+    thresholds: Thresholds = DEFAULTS,
+) -> GateResult:
+    """Mean IoU of the variant's mask with the fp32 mask (at model resolution)."""
+    from edged.calibration import seg_feed
+
+    total = 0.0
+    for image in images:
+        feed = seg_feed(entry, fp32, image)
+        total += iou(_seg_mask(entry, fp32, feed), _seg_mask(entry, quant, feed))
+    mean = total / max(1, len(images))
+    reasons = [] if mean >= thresholds.min_iou else [f"IoU {mean:.3f} < {thresholds.min_iou}"]
+    return GateResult(
+        passed=not reasons,
+        metric="mask_iou",
+        values={"iou": mean},
+        threshold={"min_iou": thresholds.min_iou},
+        images=len(images),
+        reasons=reasons,
+    )
+
+
+def _seg_mask(entry: ModelEntry, session: Session, feed: dict[str, Any]) -> npt.NDArray[np.bool_]:
+    from edged.tasks.seg_common import map_2d, output_name
+
+    raw = map_2d(session.run(feed)[output_name(session, entry)], entry.output.layout)
+    if entry.family == "deeplabv3":
+        person = int(entry.params.get("person", 15))
+        return np.asarray(np.argmax(raw, axis=2) == person)
+    return np.asarray(raw[:, :, 0] >= 0.5)
+
+
+def hole_gate(
+    reference: Sequence[npt.NDArray[Any]],
+    fp32_out: Sequence[npt.NDArray[Any]],
+    quant_out: Sequence[npt.NDArray[Any]],
+    holes: Sequence[npt.NDArray[np.bool_]],
+    thresholds: Thresholds = DEFAULTS,
+) -> GateResult:
+    """Inpainting: PSNR inside the holes vs the original image, fp32 against the variant."""
+    f = float(
+        np.mean([psnr(o[h], r[h]) for o, r, h in zip(fp32_out, reference, holes, strict=True)])
+    )
+    q = float(
+        np.mean([psnr(o[h], r[h]) for o, r, h in zip(quant_out, reference, holes, strict=True)])
+    )
+    drop = f - q
+    reasons = []
+    if drop > thresholds.max_hole_drop_db:
+        reasons.append(f"loses {drop:.2f} dB in the holes (limit {thresholds.max_hole_drop_db})")
+    return GateResult(
+        passed=not reasons,
+        metric="hole_psnr",
+        values={"fp32_db": f, "quant_db": q, "drop_db": drop},
+        threshold={"max_drop_db": thresholds.max_hole_drop_db},
+        images=len(holes),
+        reasons=reasons,
+    )
+
+
+GateFn = Callable[..., GateResult]
+
+
+def gate_for(entry: ModelEntry) -> GateFn | None:
+    """The gate of the entry's task, or None when there is none for its family."""
+    from edged.calibration import SEG_FAMILIES, SR_FAMILIES
+
+    if entry.family in SR_FAMILIES:
+        return sr_gate
+    if entry.family in SEG_FAMILIES:
+        return seg_gate
+    return None
+
+
+# ---------------------------------------------------------------- speed records
+
+
+def records_path(settings: Settings) -> Path:
+    return settings.state_dir / RECORDS_FILE
+
+
+def read_records(settings: Settings) -> dict[str, Any]:
+    path = records_path(settings)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {"version": 1, "speed": {}, "accuracy": {}}
+    except (OSError, ValueError) as exc:
+        log.warning("quantization_records_unreadable", path=str(path), error=str(exc))
+        return {"version": 1, "speed": {}, "accuracy": {}}
+    return data if isinstance(data, dict) else {"version": 1, "speed": {}, "accuracy": {}}
+
+
+@contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.state_dir / f".{RECORDS_FILE}.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def update_records(settings: Settings, change: Callable[[dict[str, Any]], None]) -> None:
+    """Read-modify-write ``quantization.json`` under a lock, atomically replaced."""
+    with _locked(settings):
+        data = read_records(settings)
+        data.setdefault("speed", {})
+        data.setdefault("accuracy", {})
+        change(data)
+        path = records_path(settings)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", "utf-8")
+        os.replace(tmp, path)
+
+
+def record_speed(
+    settings: Settings, board: str, model: str, backend: str, result: dict[str, Any]
+) -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["speed"].setdefault(board, {}).setdefault(model, {})[backend] = result
+
+    update_records(settings, change)
+
+
+_board_cache: dict[tuple[str | None, tuple[str, ...]], str] = {}
+
+
+def board_key(settings: Settings) -> str:
+    """The speed-gate key of this board: the profile in force (forced or auto-selected)."""
+    key = (settings.profile, tuple(str(p) for p in settings.profile_dirs))
+    if key not in _board_cache:
+        if settings.profile:
+            _board_cache[key] = settings.profile
+        else:
+            from edged.profiles import choose
+
+            _board_cache[key] = choose(settings).profile.name
+    return _board_cache[key]
+
+
+# ---------------------------------------------------------------- the load-time decision
+
+
+@dataclass(frozen=True)
+class PrecisionDecision:
+    """What precision to ask the loader for on one backend, files never to load, and why."""
+
+    precision: str | None
+    reason: str | None = None
+    blocked: frozenset[str] = frozenset()
+
+
+def failed_gate(file: ModelFile) -> bool:
+    return file.gate is not None and file.gate.get("passed") is False
+
+
+def precision_allowed(
+    entry: ModelEntry,
+    backend: str,
+    precision: str | None,
+    *,
+    settings: Settings,
+    board: str | None = None,
+) -> PrecisionDecision:
+    """The profile's ``precision`` on ``backend`` only where both gates passed on this board.
+
+    Variants whose accuracy gate failed are blocked outright. A quantized precision is kept
+    only when its file passed the accuracy gate *and* ``quantization.json`` records it as
+    the faster one for (board, model, backend); otherwise fp32 is requested and the reason
+    says which gate is missing or failed.
+    """
+    from edged.runtime.base import FORMAT_OF_RUNTIME
+
+    runtime, _ = split_backend(backend)
+    formats = FORMAT_OF_RUNTIME.get(runtime, ())
+    mine = [f for f in entry.files if f.format in formats]
+    blocked = frozenset(f.path for f in mine if failed_gate(f))
+    if precision not in QUANTIZED:
+        return PrecisionDecision(precision, None, blocked)
+    wanted = [f for f in mine if f.precision == precision]
+    if not wanted:
+        return PrecisionDecision(precision, None, blocked)
+    passed = [f for f in wanted if f.gate is not None and f.gate.get("passed") is True]
+    if not passed:
+        failed = [f.gate for f in wanted if f.gate is not None and failed_gate(f)]
+        why = (
+            f"accuracy gate failed ({failed[0].get('reasons', 'see edged models list')})"
+            if failed
+            else "accuracy gate not measured (run `edged bench quantization`)"
+        )
+        return _fallback(precision, why, blocked)
+    board = board or board_key(settings)
+    speed = read_records(settings).get("speed", {}).get(board, {}).get(entry.name, {})
+    timing = speed.get(backend)
+    if not isinstance(timing, dict):
+        why = f"no speed measurement for board {board} (run `edged bench quantization`)"
+        return _fallback(precision, why, blocked)
+    if timing.get("winner") != precision:
+        why = (
+            f"{precision} is not faster on board {board} "
+            f"({timing.get(f'{precision}_ms')} ms vs fp32 {timing.get('fp32_ms')} ms)"
+        )
+        return _fallback(precision, why, blocked)
+    return PrecisionDecision(precision, None, blocked)
+
+
+def _fallback(precision: str, why: str, blocked: frozenset[str]) -> PrecisionDecision:
+    return PrecisionDecision("fp32", f"{precision} not used, loading fp32: {why}", blocked)

@@ -1,0 +1,360 @@
+"""Quantize a catalogue vision model with real calibration images, gate it, register it.
+
+``quantize_catalog_model`` is what ``edged models quantize NAME --calibration DIR`` runs:
+
+1. resolve NAME's fp32 ONNX file through the catalogue;
+2. calibration feeds = the calibration split of DIR through the model's own task
+   preprocessing (``edged.calibration``);
+3. static QDQ: uint8 activations, per-channel int8 weights, compute ops (Conv, ConvTranspose,
+   MatMul, Gemm) quantized -- then *layer exclusion*: each candidate layer is kept fp32 in
+   turn, the fidelity (PSNR of the variant's output against fp32's on the calibration feeds)
+   is measured, and the exclusions that help most are kept greedily while they still gain
+   ``MIN_GAIN_DB``;
+4. the accuracy gate (``edged.quantgate``) on the held-out split;
+5. a passing variant is written next to the model files (first writable model dir) and added
+   to NAME's catalogue entry as a user manifest (sha256, scheme, calibration hash, gate);
+   a failing one is deleted and refused with the numbers (``--keep-failed`` keeps it).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.calibration import CalibrationReader, CalibrationSet, load_images, model_feeds, supports
+from edged.catalog import Catalog, dump_entry, file_sha256, user_catalog_dir
+from edged.catalog_schema import ModelEntry, ModelFile, Precision
+from edged.config import Settings
+from edged.errors import BadRequest, ModelLoadError, ModelNotFound, ModelVerificationError
+from edged.log import get_logger
+from edged.quantgate import DEFAULTS, GateResult, Thresholds, gate_for, psnr
+from edged.runtime import config_for, open_session
+from edged.runtime.base import Array, Session
+
+log = get_logger("quantize")
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+MIN_GAIN_DB = 0.05
+MAX_TRIALS = 8
+MAX_EXCLUDED_SHARE = 4
+"""At most 1/4 of the compute layers (at least one) stay fp32: the rest must earn their int8."""
+BIG_MODEL = 3_000_000
+"""Above this many bytes, calibrate and gate on centre crops rather than whole images."""
+PRECISION_OF: dict[str, Precision] = {
+    "qdq-int8": "int8",
+    "dynamic-int8": "int8",
+    "int4-weights": "int4",
+}
+
+
+class GateFailed(ModelVerificationError):
+    """A quantized variant did not pass its accuracy gate (it is not registered)."""
+
+
+@dataclass
+class VisionQuantResult:
+    entry: str
+    src: Path
+    dst: Path | None
+    scheme: str
+    gate: GateResult | None
+    excluded: list[str] = field(default_factory=list)
+    fidelity_db: float | None = None
+    manifest: Path | None = None
+    calibration: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.entry,
+            "src": str(self.src),
+            "dst": str(self.dst) if self.dst else None,
+            "scheme": self.scheme,
+            "excluded_nodes": self.excluded,
+            "fidelity_db": None if self.fidelity_db is None else round(self.fidelity_db, 2),
+            "gate": self.gate.as_dict() if self.gate else None,
+            "manifest": str(self.manifest) if self.manifest else None,
+            "calibration": self.calibration,
+        }
+
+
+def fp32_onnx(entry: ModelEntry, catalog: Catalog) -> tuple[ModelFile, Path]:
+    """The installed fp32 ONNX file of ``entry``."""
+    for file in entry.files:
+        if file.format == "onnx" and file.precision == "fp32":
+            where = catalog.locate(file)
+            if where is not None:
+                return file, where
+    have = ", ".join(f"{f.path} ({f.format}/{f.precision})" for f in entry.files) or "no files"
+    raise ModelNotFound(
+        f"{entry.name} has no installed fp32 ONNX file to quantize (has {have}); "
+        f"run `edged models fetch {entry.name}` or pass an .onnx path"
+    )
+
+
+def _session(path: Path) -> Session:
+    return open_session(config_for("onnx:cpu"), path, warmup=False)
+
+
+def _outputs(session: Session, feeds: Sequence[dict[str, Array]]) -> list[Array]:
+    name = session.outputs[0].name
+    return [np.asarray(session.run(f)[name], dtype=np.float32) for f in feeds]
+
+
+def fidelity_db(reference: Sequence[Array], path: Path, feeds: Sequence[dict[str, Array]]) -> float:
+    """Mean PSNR (peak 1.0) of ``path``'s first output against ``reference`` outputs."""
+    session = _session(path)
+    try:
+        outs = _outputs(session, feeds)
+    finally:
+        session.close()
+    peak = max(float(np.abs(r).max()) for r in reference) or 1.0
+    return float(np.mean([psnr(o, r, peak) for o, r in zip(outs, reference, strict=True)]))
+
+
+def quantize_qdq(
+    src: Path, dst: Path, feeds: Sequence[dict[str, Array]], exclude: Sequence[str] = ()
+) -> None:
+    """Static QDQ, per-channel int8 weights, uint8 activations, compute ops only."""
+    from edged.quantize import _quant_modules
+
+    q = _quant_modules()
+    with tempfile.TemporaryDirectory(prefix="edged-calib-") as tmp:
+        q.quantize_static(
+            src,
+            dst,
+            CalibrationReader(feeds),
+            quant_format=q.QuantFormat.QDQ,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=list(COMPUTE_OPS),
+            nodes_to_exclude=list(exclude),
+            calibrate_method=q.CalibrationMethod.MinMax,
+            calibration_cache_path=Path(tmp) / "calib",
+        )
+
+
+def compute_nodes(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in COMPUTE_OPS and n.name]
+
+
+def candidate_nodes(path: Path) -> list[str]:
+    """Compute layers worth trying fp32: all of them on small graphs, else both ends."""
+    names = compute_nodes(path)
+    if len(names) <= MAX_TRIALS:
+        return names
+    half = MAX_TRIALS // 2
+    return names[:half] + names[-half:]
+
+
+def choose_exclusions(
+    src: Path, feeds: Sequence[dict[str, Array]], work: Path
+) -> tuple[list[str], float, list[dict[str, Any]]]:
+    """Greedy layer exclusion by measured fidelity; returns (excluded, fidelity, report)."""
+    fp32 = _session(src)
+    try:
+        reference = _outputs(fp32, feeds)
+    finally:
+        fp32.close()
+
+    def trial(exclude: Sequence[str]) -> float:
+        out = work / f"trial{len(list(work.iterdir()))}.onnx"
+        quantize_qdq(src, out, feeds, exclude)
+        return fidelity_db(reference, out, feeds)
+
+    base = trial([])
+    report: list[dict[str, Any]] = [{"excluded": [], "fidelity_db": round(base, 2)}]
+    gains = []
+    candidates = candidate_nodes(src)
+    limit = max(1, len(compute_nodes(src)) // MAX_EXCLUDED_SHARE)
+    for node in candidates:
+        score = trial([node])
+        report.append({"excluded": [node], "fidelity_db": round(score, 2)})
+        gains.append((score - base, node))
+    excluded: list[str] = []
+    best = base
+    for gain, node in sorted(gains, reverse=True):
+        if gain < MIN_GAIN_DB or len(excluded) >= limit:
+            break
+        score = trial([*excluded, node])
+        if score - best < MIN_GAIN_DB:
+            continue
+        excluded.append(node)
+        best = score
+        report.append({"excluded": list(excluded), "fidelity_db": round(score, 2)})
+    return excluded, best, report
+
+
+def evaluate_gate(
+    entry: ModelEntry,
+    fp32: Session,
+    quant: Session,
+    calib: CalibrationSet,
+    thresholds: Thresholds = DEFAULTS,
+    *,
+    crop: int | None = None,
+) -> GateResult:
+    """The entry's accuracy gate on the held-out split of ``calib``."""
+    gate = gate_for(entry)
+    if gate is None:
+        raise BadRequest(
+            f"model {entry.name}: no accuracy gate for family {entry.family!r} "
+            "(super-resolution and segmentation families have one)"
+        )
+    images = load_images(calib.held_out)
+    kwargs: dict[str, Any] = {"crop": crop} if entry.task == "superres" else {}
+    result = gate(entry, fp32, quant, images, thresholds, **kwargs)
+    result.calibration = calib.digest
+    return result
+
+
+def variant_name(src: Path, scheme: str) -> str:
+    return f"{src.stem}_{scheme}.onnx"
+
+
+def register_variant(
+    settings: Settings, catalog: Catalog, entry: ModelEntry, new: ModelFile
+) -> Path:
+    """Add (or replace) ``new`` in ``entry``'s files and write the user manifest."""
+    files = [f for f in entry.files if f.path != new.path]
+    updated = entry.model_copy(update={"files": [*files, new]})
+    ModelEntry.model_validate(updated.model_dump())  # the manifest must read back
+    directory = user_catalog_dir(settings.state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = directory / f"{entry.name}.toml"
+    tmp = manifest.with_name(f".{manifest.name}.tmp")
+    tmp.write_text(dump_entry(updated, explicit=True), encoding="utf-8")
+    os.replace(tmp, manifest)
+    return manifest
+
+
+def record_gate(
+    settings: Settings, catalog: Catalog, entry: ModelEntry, path: str, gate: dict[str, Any]
+) -> Path:
+    """Store a gate result on the entry's file ``path`` (user manifest)."""
+    file = next((f for f in entry.files if f.path == path), None)
+    if file is None:
+        raise ModelNotFound(f"{entry.name} has no file {path}")
+    return register_variant(settings, catalog, entry, file.model_copy(update={"gate": gate}))
+
+
+def _calibrated(
+    entry: ModelEntry, src: Path, out: Path, calib: CalibrationSet, *, crop: int | None, work: Path
+) -> tuple[list[str], float]:
+    fp32 = _session(src)
+    try:
+        feeds = model_feeds(entry, fp32, load_images(calib.calibration), crop=crop)
+    finally:
+        fp32.close()
+    excluded, fidelity, report = choose_exclusions(src, feeds, work)
+    log.info("layer_exclusion", model=entry.name, excluded=excluded, trials=report)
+    quantize_qdq(src, out, feeds, excluded)
+    return excluded, fidelity
+
+
+def quantize_catalog_model(
+    settings: Settings,
+    name: str,
+    scheme: str,
+    calibration: Path | None,
+    *,
+    thresholds: Thresholds = DEFAULTS,
+    keep_failed: bool = False,
+    out_dir: Path | None = None,
+) -> VisionQuantResult:
+    """See the module doc. Raises ``GateFailed`` (with the numbers) when the gate fails."""
+    from edged.fetch import pick_model_dir
+    from edged.quantize import SCHEMES, quantize_file
+
+    if scheme not in SCHEMES:
+        raise BadRequest(f"unknown scheme {scheme!r}; one of {', '.join(SCHEMES)}")
+    catalog = Catalog.from_settings(settings)
+    entry = catalog.get(name)
+    _, src = fp32_onnx(entry, catalog)
+    calib = CalibrationSet.from_dir(calibration) if calibration is not None else None
+    if calib is not None and not supports(entry):
+        raise BadRequest(
+            f"--calibration: model {name} (family {entry.family}) has no image "
+            "preprocessing for calibration; quantize it without --calibration"
+        )
+    crop = 96 if src.stat().st_size > BIG_MODEL else None
+    target_dir = out_dir or pick_model_dir(settings)
+    dst = target_dir / variant_name(src, scheme)
+    result = VisionQuantResult(name, src, dst, scheme, None)
+    with tempfile.TemporaryDirectory(prefix=".quant-", dir=target_dir) as tmp:
+        out = Path(tmp) / dst.name
+        try:
+            if scheme == "qdq-int8" and calib is not None:
+                work = Path(tmp) / "trials"
+                work.mkdir()
+                result.excluded, result.fidelity_db = _calibrated(
+                    entry, src, out, calib, crop=crop, work=work
+                )
+            else:
+                quantize_file(src, out, scheme)
+        except (BadRequest, ModelNotFound):
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot quantize {name} with {scheme}: {exc}") from exc
+        if calib is not None:
+            result.calibration = calib.describe()
+            fp32, quant = _session(src), _session(out)
+            try:
+                result.gate = evaluate_gate(entry, fp32, quant, calib, thresholds, crop=crop)
+            finally:
+                fp32.close()
+                quant.close()
+        if result.gate is not None and not result.gate.passed and not keep_failed:
+            result.dst = None
+            raise GateFailed(
+                f"{name} {scheme} refused by the accuracy gate on {len(calib.held_out) if calib else 0} "
+                f"held-out images: {result.gate.summary()}; nothing was written "
+                "(--keep-failed keeps it, registered as failed)"
+            )
+        os.replace(out, dst)
+    new = ModelFile(
+        format="onnx",
+        precision=PRECISION_OF[scheme],
+        path=dst.name,
+        sha256=file_sha256(dst),
+        size=dst.stat().st_size,
+        scheme=_scheme_text(scheme, calib, result.excluded),
+        gate=result.gate.as_dict() if result.gate else None,
+    )
+    result.manifest = register_variant(settings, catalog, entry, new)
+    log.info("variant_registered", model=name, path=str(dst), gate=new.gate)
+    return result
+
+
+def _scheme_text(scheme: str, calib: CalibrationSet | None, excluded: list[str]) -> str:
+    if calib is None:
+        return scheme if scheme != "qdq-int8" else f"{scheme} (random calibration feeds)"
+    text = f"{scheme} per-channel, calibrated on {calib.directory.name} ({calib.digest[:12]})"
+    return text + (f", fp32 layers: {', '.join(excluded)}" if excluded else "")
+
+
+def tflite_unsupported() -> BadRequest:
+    return BadRequest(
+        "--format tflite: converting to TFLite needs the TensorFlow converter, which edged "
+        "does not use; quantize to ONNX (--format onnx) or add a TFLite int8 file made "
+        "elsewhere with `edged models add ... --precision int8`"
+    )
+
+
+__all__ = [
+    "GateFailed",
+    "VisionQuantResult",
+    "evaluate_gate",
+    "quantize_catalog_model",
+    "record_gate",
+    "register_variant",
+]
