@@ -40,7 +40,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SR_FAMILIES = ("sr-y", "sr-rgb")
 SEG_FAMILIES = ("mediapipe-selfie", "deeplabv3")
 DEFAULT_CROP = 96
-"""LR side of the calibration crops of SR models: enough context, small enough to be fast."""
+"""LR side of the calibration crops of SR models: enough context, small enough to be fast,
+and one shape for all feeds (histogram calibrators stack them)."""
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ def overlay(frame: Image, mask: npt.NDArray[Any]) -> Image:
 
 
 def hole_mask(shape: tuple[int, ...]) -> Image:
-    """A hole over the flag patch area (upper left of the shoulder): 255 = inpaint."""
+    """A hole over the mission patch and a scratch across the sky: 255 = inpaint."""
     cv2 = _cv2()
     mask = np.zeros(shape[:2], np.uint8)
     h, w = shape[:2]

@@ -22,6 +22,7 @@ from edged.catalog_schema import ModelEntry, ModelFile
 from edged.config import Settings
 from edged.errors import BackendUnavailable, ModelLoadError, ModelNotFound, ModelVerificationError
 from edged.log import get_logger
+from edged.quantgate import precision_allowed
 from edged.runtime import config_for, open_session
 from edged.runtime.base import FORMAT_OF_RUNTIME, Session, split_backend
 
@@ -82,10 +83,17 @@ class _Attempt:
             self.skip(backend, str(exc))
             return None
         runtime, _ = split_backend(backend)
+        # A quantized variant only where its accuracy and speed gates passed on this board.
+        decision = precision_allowed(self.entry, backend, self.precision, settings=self.settings)
+        if decision.reason:
+            self.reasons.append(f"{backend}: {decision.reason}")
+            log.info(
+                "precision_fallback", model=self.entry.name, backend=backend, reason=decision.reason
+            )
         files = [
             f
-            for f in candidate_files(self.entry, runtime, self.precision)
-            if f.path in self.installed
+            for f in candidate_files(self.entry, runtime, decision.precision)
+            if f.path in self.installed and f.path not in decision.blocked
         ]
         if not files:
             formats = "/".join(FORMAT_OF_RUNTIME.get(runtime, ())) or "readable"

@@ -15,6 +15,7 @@ from edged.config import Settings, load_settings
 from edged.engine import Engine
 from edged.errors import LicenceNotAllowed, ModelLoadError, ModelNotFound, ModelVerificationError
 from edged.loader import LoadedModel, candidate_files, load_model
+from edged.quantgate import board_key, record_speed
 from edged.testing import make_scale_model, make_scale_tflite
 
 
@@ -100,7 +101,11 @@ def test_precision_chooses_the_file(catalog: Catalog, settings: Settings) -> Non
         "espcn_x2_fp32.tflite",
         "espcn_x2_int8.tflite",
     ]
-    int8 = _load(entry, catalog, ["litert:xnnpack"], settings, precision="int8")
+    # int8 loads only where both quantization gates passed (edged.quantgate): record them.
+    files = [f.model_copy(update={"gate": {"passed": True}}) for f in entry.files]
+    gated = entry.model_copy(update={"files": files})
+    record_speed(settings, board_key(settings), entry.name, "litert:xnnpack", {"winner": "int8"})
+    int8 = _load(gated, catalog, ["litert:xnnpack"], settings, precision="int8")
     assert (int8.path.name, int8.file.precision if int8.file else None) == (
         "espcn_x2_int8.tflite",
         "int8",

@@ -36,6 +36,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     found = {k: make_matmul_model(root / f"{k}.onnx", 10, seed=i) for i, k in enumerate(KEYS)}
     found["big"] = make_matmul_model(root / "big.onnx", 30, seed=9)
     found["tiny"] = make_scale_model(root / "tiny.onnx")
+    # The first session in a process also pays onnxruntime's one-time setup (~25 MB): do it
+    # here so no test's first model is charged for it.
+    _loader(found["tiny"])().close()
     return found
 
 
@@ -317,3 +320,12 @@ def test_engine_acquires_through_the_pool(shared_models: Path) -> None:
     finally:
         engine.close()
     assert engine.pool.resident() == []
+
+
+def test_load_and_evict_events_reach_the_listener(pool_factory, models) -> None:
+    events: list[tuple[str, str]] = []
+    pool = pool_factory(60, on_event=lambda name, fields: events.append((name, fields["key"])))
+    _use(pool, models, "a")
+    _use(pool, models, "b")
+    _use(pool, models, "c")  # evicts a (LRU)
+    assert events == [("load", "a"), ("load", "b"), ("evict", "a"), ("load", "c")]

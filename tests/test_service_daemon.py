@@ -99,6 +99,18 @@ def test_daemon_lifecycle_requests_reload_and_sigterm(
         assert wait_until((inbox.parent / "done" / "after-reload.png").exists, 20)
         assert (inbox.parent / "outbox" / "after-reload.png.json").exists()
 
+        # A broken config on SIGHUP is refused; the running streams keep going.
+        config.write_text("no_such_setting = 1\n" + config.read_text())
+        daemon.signal(signal.SIGHUP)
+        assert daemon.notify.wait_for("READY", "1", n=3, timeout=20)
+        refused = [m for m in daemon.notify.messages if m.get("READY") == "1"][-1]
+        assert refused["STATUS"].startswith("reload failed: no_such_setting: unknown setting")
+        assert collector.until(
+            lambda m: m.topic == "events.service" and m.header["data"]["state"] == "reload_failed"
+        )
+        os.rename(inbox.parent / "done" / "after-reload.png", inbox / "again.png")
+        assert wait_until((inbox.parent / "done" / "again.png").exists, 20)
+
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
         assert daemon.notify.count("STOPPING", "1") == 1

@@ -49,7 +49,11 @@ MEDIAPIPE = VenvSpec(
         ),
     ),
 )
-OPENCV_CONTRIB = VenvSpec("cvvenv", (("numpy<2", "opencv-contrib-python-headless==4.10.0.84"),))
+OPENCV_CONTRIB = VenvSpec(
+    # onnx: to give the ONNX graph static shapes, which OpenCV's importer needs for DepthToSpace.
+    "cvvenv",
+    (("numpy<2", "opencv-contrib-python-headless==4.10.0.84", "onnx>=1.16,<1.18"),),
+)
 
 
 def cache_root() -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES: tuple[str, ...] = ("memory", "generation", "latency", "stream")
+SUITES: tuple[str, ...] = ("memory", "generation", "latency", "stream", "fuzz", "superres")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

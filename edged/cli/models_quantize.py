@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.cli.common import add_common, print_json
+from edged.errors import BadRequest
 from edged.quantize import SCHEMES, quantize
 
 
@@ -20,8 +21,30 @@ def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParse
         "quantize", help="int8 / 4-bit quantize an ONNX model or a generation model dir's UNet"
     )
     add_common(p)
-    p.add_argument("src", type=Path, metavar="SRC", help=".onnx file or diffusers ONNX model dir")
-    p.add_argument("--scheme", required=True, choices=SCHEMES)
+    p.add_argument(
+        "src",
+        type=Path,
+        metavar="SRC",
+        help=".onnx file, diffusers ONNX model dir, or a catalogue model NAME (its fp32 ONNX)",
+    )
+    p.add_argument(
+        "--scheme", default=None, choices=SCHEMES, help="default qdq-int8 for a model NAME"
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="NAME: real images; calibrates static QDQ and runs the accuracy gate on a held-out split",
+    )
+    p.add_argument(
+        "--format", default="onnx", choices=("onnx", "tflite"), help="output format (NAME only)"
+    )
+    p.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="NAME: keep and register a variant that fails the accuracy gate (marked failed)",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="output file or dir (default: beside SRC)"
     )
@@ -40,6 +63,14 @@ def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _quantize(args: argparse.Namespace) -> int:
+    if not args.src.exists() and "/" not in str(args.src) and args.src.suffix != ".onnx":
+        from edged.quantize_vision import quantize_name  # a catalogue model NAME
+
+        return quantize_name(args)
+    if args.calibration is not None or args.format != "onnx":
+        raise BadRequest("--calibration and --format apply to a catalogue model NAME as SRC")
+    if args.scheme is None:
+        raise BadRequest(f"--scheme is required for a file or dir SRC: {', '.join(SCHEMES)}")
     kwargs: dict[str, Any] = {"convs": not args.fp32_convs}
     if args.src.is_dir():
         kwargs["components"] = [c.strip() for c in args.components.split(",") if c.strip()]

@@ -242,12 +242,20 @@ def _entry(engine: Engine, name: str) -> ModelEntry:
     return entry
 
 
+def _number(params: dict[str, Any], key: str, default: float) -> float:
+    """A numeric request parameter; anything else (null, text, lists) is the client's error."""
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(f"params.{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def inpaint_opencv(image: Image, hole: BoolMask, params: dict[str, Any]) -> Image:
     method = str(params.get("method", "telea")).lower()
     flags = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
     if method not in flags:
         raise BadRequest(f"opencv inpainting method {method!r}: one of telea, ns")
-    radius = float(params.get("radius", 3))
+    radius = _number(params, "radius", 3)
     if not 0 < radius <= 64:
         raise BadRequest(f"inpainting radius {radius}: use 1..64 pixels")
     filled = cv2.inpaint(image, hole.astype(np.uint8) * 255, radius, flags[method])
@@ -272,9 +280,9 @@ def inpaint_learned(
     )
     labels = np.asarray(found, dtype=np.int32)
     stats = np.asarray(found_stats, dtype=np.int32)
-    context = float(params.get("context", DEFAULT_CONTEXT))
-    min_side = int(params.get("min_window", min(io.size)))
-    if context < 0 or min_side < 1:
+    context = _number(params, "context", DEFAULT_CONTEXT)
+    min_side = int(_number(params, "min_window", min(io.size)))
+    if not context >= 0 or min_side < 1:
         raise BadRequest("params.context must be >= 0 and params.min_window >= 1")
     windows = plan_windows(labels, count, stats, context=context, min_side=min_side)
     out = image.copy()

@@ -158,7 +158,9 @@ def choose_tiling(
 ) -> tuple[tuple[int, int], int]:
     """(window height, width) and halo for this model and request."""
     merged = {**entry.params, **params}
-    halo = int(merged.get("halo", merged.get("overlap", DEFAULT_HALO[entry.family])))
+    halo = merged.get("halo", merged.get("overlap", DEFAULT_HALO[entry.family]))
+    if isinstance(halo, bool) or not isinstance(halo, int) or halo < 0:
+        raise BadRequest(f"params.halo must be an integer >= 0, got {halo!r}")
     if layout.fixed is not None:
         fh, fw = layout.fixed
         return (fh, fw), max(0, min(halo, (min(fh, fw) - 1) // 2))

@@ -1,0 +1,342 @@
+"""``edged bench quantization``: fp32 vs int8 per model and backend on this board.
+
+For every installed super-resolution and segmentation model of the catalogue:
+
+* int8 variants = the entry's int8 files (e.g. the shared ``*_int8.tflite``) plus, for a model
+  with an fp32 ONNX file, a static QDQ variant made here with the calibration images
+  (``edged.quantize_vision``; cached in ``{cache_dir}/quantization`` by source + images);
+* accuracy: each variant's gate (``edged.quantgate``) against the fp32 file of its own format
+  on the held-out split; the result of a catalogue file is stored on its catalogue entry
+  (user manifest) so ``edged models list`` shows it and the loader obeys it;
+* speed: median latency of the task's own model call (``superres.tile_fn`` on a real LR crop
+  of ``--size`` px; the segmentation feed of a real photo) for fp32 and int8 on each backend
+  that reads the files; int8 "wins" only when at least ``WIN_MARGIN`` faster. The winner
+  goes to ``{state_dir}/quantization.json`` under (profile, model, backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edged.calibration import (
+    SEG_FAMILIES,
+    SR_FAMILIES,
+    CalibrationSet,
+    load_images,
+    seg_feed,
+    sr_pair,
+    sr_upscale_y,
+)
+from edged.catalog import Catalog, file_sha256
+from edged.catalog_schema import ModelEntry, ModelFile
+from edged.cli.common import add_common, print_json, settings_from_args
+from edged.config import Settings
+from edged.errors import EdgedError
+from edged.quantgate import GateResult, board_key, record_speed, update_records
+from edged.runtime import config_for, open_session
+from edged.runtime.base import FORMAT_OF_RUNTIME, Session, one_line, split_backend
+
+BACKENDS = ("onnx:cpu", "litert:xnnpack", "openvino:cpu")
+WIN_MARGIN = 0.05
+"""int8 must be at least 5 % faster than fp32 to win: closer is noise on a loaded board."""
+
+
+@dataclass
+class Variant:
+    path: Path
+    file: ModelFile | None  # None: made here, not (yet) in the catalogue
+    gate: GateResult | None = None
+    note: str | None = None
+
+
+def register(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = suites.add_parser(
+        "quantization", help="fp32 vs int8 latency and accuracy gate per model and backend"
+    )
+    add_common(p)
+    p.add_argument("--sr-images", type=Path, default=None, help="SR calibration set (HR images)")
+    p.add_argument("--seg-images", type=Path, default=None, help="segmentation images")
+    p.add_argument("--models", default=None, help="comma-separated names (default: all)")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="backends to time")
+    p.add_argument("--size", type=int, default=128, help="SR input side in LR pixels")
+    p.add_argument("--runs", type=int, default=15, help="timed runs per measurement")
+    p.add_argument("--no-quantize", action="store_true", help="only the catalogue's int8 files")
+    p.add_argument(
+        "--no-record", action="store_true", help="do not write gates/winners to the state dir"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(handler=_handler)
+
+
+def _default_images(kind: str) -> Path | None:
+    from edged.testing import SHARED_DIR
+
+    path = SHARED_DIR / "images" / ("set5/HR" if kind == "sr" else "portraits")
+    return path if path.is_dir() else None
+
+
+def bench_models(catalog: Catalog, names: list[str] | None) -> list[ModelEntry]:
+    wanted = [catalog.get(n) for n in names] if names else list(catalog)
+    return [e for e in wanted if e.family in (*SR_FAMILIES, *SEG_FAMILIES) and catalog.installed(e)]
+
+
+def _median_ms(fn: Callable[[], object], runs: int) -> float:
+    fn()  # first run plans memory / packs weights; not what a warm pool pays
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def time_file(
+    entry: ModelEntry, backend: str, path: Path, precision: str, sample: Any, runs: int
+) -> float:
+    """Median ms of the task's model call on ``sample`` (an HR image for SR, a photo else)."""
+    session = open_session(config_for(backend, precision=precision), path, warmup=False)
+    try:
+        if entry.family in SR_FAMILIES:
+            return _median_ms(lambda: sr_upscale_y(entry, session, sample), runs)
+        feed = seg_feed(entry, session, sample)
+        return _median_ms(lambda: session.run(feed), runs)
+    finally:
+        session.close()
+
+
+def _open_for_gate(path: Path) -> Session:
+    backend = "litert:xnnpack" if path.suffix == ".tflite" else "onnx:cpu"
+    return open_session(config_for(backend, precision="fp32"), path, warmup=False)
+
+
+def gate_variant(
+    entry: ModelEntry, fp32_path: Path, variant: Variant, calib: CalibrationSet
+) -> GateResult:
+    from edged.quantize_vision import BIG_MODEL, evaluate_gate
+
+    crop = 64 if fp32_path.stat().st_size > BIG_MODEL else None
+    fp32, quant = _open_for_gate(fp32_path), _open_for_gate(variant.path)
+    try:
+        return evaluate_gate(entry, fp32, quant, calib, crop=crop)
+    finally:
+        fp32.close()
+        quant.close()
+
+
+def _installed(catalog: Catalog, entry: ModelEntry, precision: str) -> list[tuple[ModelFile, Path]]:
+    found = catalog.installed(entry)
+    return [(f, found[f.path]) for f in entry.files if f.precision == precision and f.path in found]
+
+
+def made_here(settings: Settings, entry: ModelEntry, src: Path, calib: CalibrationSet) -> Variant:
+    """The QDQ variant of an fp32 ONNX file, cached by source and calibration images."""
+    import tempfile
+
+    from edged.quantize_vision import calibrated_qdq
+
+    cache = settings.cache_dir / "quantization"
+    dst = cache / f"{src.stem}.{file_sha256(src)[:8]}.{calib.digest[:8]}.qdq-int8.onnx"
+    if not dst.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".quant-", dir=cache) as tmp:
+            work = Path(tmp) / "trials"
+            work.mkdir()
+            out = Path(tmp) / dst.name
+            excluded, _ = calibrated_qdq(entry, src, out, calib, work)
+            out.replace(dst)
+            (cache / f"{dst.name}.excluded").write_text(",".join(excluded), "utf-8")
+    return Variant(dst, None)
+
+
+def variants(
+    settings: Settings,
+    catalog: Catalog,
+    entry: ModelEntry,
+    calib: CalibrationSet | None,
+    quantize: bool,
+) -> list[Variant]:
+    found = [Variant(p, f) for f, p in _installed(catalog, entry, "int8")]
+    onnx_fp32 = [p for f, p in _installed(catalog, entry, "fp32") if f.format == "onnx"]
+    has_onnx_int8 = any(v.path.suffix == ".onnx" for v in found)
+    if quantize and calib is not None and onnx_fp32 and not has_onnx_int8:
+        try:
+            found.append(made_here(settings, entry, onnx_fp32[0], calib))
+        except EdgedError as exc:
+            found.append(Variant(onnx_fp32[0], None, note=f"quantization failed: {exc}"))
+    return found
+
+
+def _fp32_for(catalog: Catalog, entry: ModelEntry, fmt: str) -> Path | None:
+    return next((p for f, p in _installed(catalog, entry, "fp32") if f.format == fmt), None)
+
+
+def _fmt(path: Path) -> str:
+    return "tflite" if path.suffix == ".tflite" else "onnx"
+
+
+def _sample(entry: ModelEntry, images: list[Any], size: int) -> Any:
+    if entry.family in SR_FAMILIES:
+        return sr_pair(entry, images[0], size)[0]
+    return images[0]
+
+
+def _accuracy(
+    settings: Settings,
+    catalog: Catalog,
+    entry: ModelEntry,
+    found: list[Variant],
+    calib: CalibrationSet,
+    record: bool,
+) -> None:
+    from edged.quantize_vision import record_gate
+
+    for v in found:
+        fp32 = _fp32_for(catalog, entry, _fmt(v.path))
+        if v.note or fp32 is None:
+            v.note = v.note or f"no fp32 {_fmt(v.path)} file to compare with"
+            continue
+        try:
+            v.gate = gate_variant(entry, fp32, v, calib)
+        except EdgedError as exc:
+            v.note = f"gate failed to run: {one_line(exc)}"
+            continue
+        if record and v.file is not None:
+            current = Catalog.from_settings(settings).get(entry.name)
+            record_gate(settings, catalog, current, v.file.path, v.gate.as_dict())
+
+
+def _try_time(
+    entry: ModelEntry, backend: str, path: Path, precision: str, sample: Any, runs: int
+) -> tuple[float | None, str | None]:
+    try:
+        return time_file(entry, backend, path, precision, sample, runs), None
+    except EdgedError as exc:
+        return None, one_line(exc, 160)
+
+
+def speed_row(
+    entry: ModelEntry,
+    catalog: Catalog,
+    backend: str,
+    found: list[Variant],
+    sample: Any,
+    runs: int,
+) -> dict[str, Any] | None:
+    """fp32 vs int8 on one backend (None when the backend reads no file of the model)."""
+    formats = FORMAT_OF_RUNTIME.get(split_backend(backend)[0], ())
+    int8 = next((v for v in found if _fmt(v.path) in formats and not v.note), None)
+    fmt = (
+        _fmt(int8.path)
+        if int8
+        else next((f for f in formats if _fp32_for(catalog, entry, f) is not None), None)
+    )
+    fp32 = _fp32_for(catalog, entry, fmt) if fmt else None
+    if fp32 is None:
+        return None
+    row: dict[str, Any] = {"model": entry.name, "task": entry.task, "backend": backend}
+    row["fp32_file"], row["fp32_ms"] = fp32.name, None
+    row["fp32_ms"], error = _try_time(entry, backend, fp32, "fp32", sample, runs)
+    row["int8_file"], row["int8_ms"] = (int8.path.name if int8 else None), None
+    if int8 is not None and error is None:
+        row["int8_ms"], error = _try_time(entry, backend, int8.path, "int8", sample, runs)
+    row["winner"] = _winner(row["fp32_ms"], row["int8_ms"])
+    row["gate"] = int8.gate.as_dict() if int8 and int8.gate else None
+    row["note"] = error or (None if int8 else "no int8 variant")
+    return row
+
+
+def _winner(fp32_ms: float | None, int8_ms: float | None) -> str | None:
+    if fp32_ms is None:
+        return None
+    if int8_ms is not None and int8_ms < fp32_ms * (1.0 - WIN_MARGIN):
+        return "int8"
+    return "fp32"
+
+
+def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    catalog = Catalog.from_settings(settings)
+    names = [n.strip() for n in args.models.split(",")] if args.models else None
+    sets = {
+        kind: CalibrationSet.from_dir(d) if d else None
+        for kind, d in (
+            ("sr", args.sr_images or _default_images("sr")),
+            ("seg", args.seg_images or _default_images("seg")),
+        )
+    }
+    board = board_key(settings)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows: list[dict[str, Any]] = []
+    accuracy: dict[str, Any] = {}
+    for entry in bench_models(catalog, names):
+        calib = sets["sr" if entry.family in SR_FAMILIES else "seg"]
+        if calib is None:
+            continue
+        found = variants(settings, catalog, entry, calib, not args.no_quantize)
+        _accuracy(settings, catalog, entry, found, calib, not args.no_record)
+        accuracy[entry.name] = {
+            v.path.name: v.gate.as_dict() if v.gate else {"note": v.note} for v in found
+        }
+        sample = _sample(entry, load_images(calib.held_out), args.size)
+        for backend in backends:
+            row = speed_row(entry, catalog, backend, found, sample, args.runs)
+            if row is None:
+                continue
+            rows.append(row)
+            if not args.no_record and row["winner"]:
+                keep = {
+                    k: row[k] for k in ("fp32_ms", "int8_ms", "winner", "fp32_file", "int8_file")
+                }
+                record_speed(settings, board, entry.name, backend, {**keep, "measured_at": _now()})
+    if not args.no_record:
+        update_records(settings, lambda data: data["accuracy"].update(accuracy))
+    return {"board": board, "rows": rows, "accuracy": accuracy}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _gate_text(gate: dict[str, Any] | None) -> str:
+    if not gate:
+        return "-"
+    verdict = "PASS" if gate.get("passed") else "FAIL"
+    if gate.get("metric") == "mask_iou":
+        return f"IoU {gate['iou']:.3f} {verdict}"
+    return (
+        f"{gate['quant_db']:.2f}/{gate['fp32_db']:.2f} dB (bicubic {gate['bicubic_db']:.2f}, "
+        f"-{gate['drop_db']:.2f}) {verdict}"
+    )
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"board/profile: {report['board']}",
+        "| model | backend | fp32 ms | int8 ms | winner | int8 file | accuracy gate (int8/fp32) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {_ms(r['fp32_ms'])} | {_ms(r['int8_ms'])} | "
+            f"{r['winner'] or '-'} | {r['int8_file'] or r['note'] or '-'} | {_gate_text(r['gate'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    report = run_bench(settings, args)
+    if args.json:
+        print_json(report)
+    else:
+        print(table(report))
+    return 0
