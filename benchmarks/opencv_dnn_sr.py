@@ -42,7 +42,7 @@ def static_onnx(path: str, h: int, w: int) -> bytes:
 
     model = onnx.load(path)
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    for dim, value in zip(dims, (1, h, w, 1)):
+    for dim, value in zip(dims, (1, h, w, 1), strict=True):
         dim.ClearField("dim_param")
         dim.dim_value = value
     return onnx.shape_inference.infer_shapes(model).SerializeToString()

@@ -14,7 +14,9 @@ Feeds are produced by the task code itself, not by a copy of it:
   session wrapper that records every feed;
 * ``mediapipe-selfie`` -- ``seg_selfie.stretch_to_tensor`` + ``seg_common.to_layout``;
 * ``deeplabv3`` -- stretched to the input size and scaled to ``entry.input.range`` (as
-  ``seg_deeplab.segment``).
+  ``seg_deeplab.segment``);
+* ``lama`` / ``migan`` -- image + hole through ``inpainting.fill_window`` (recorded); the
+  directory then holds ``images/`` and ``masks/`` (same names, white = hole).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ Image = npt.NDArray[np.uint8]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SR_FAMILIES = ("sr-y", "sr-rgb")
 SEG_FAMILIES = ("mediapipe-selfie", "deeplabv3")
+INPAINT_FAMILIES = ("lama", "migan")
 DEFAULT_CROP = 96
 """LR side of the calibration crops of SR models: enough context, small enough to be fast,
 and one shape for all feeds (histogram calibrators stack them)."""
@@ -51,11 +54,16 @@ class CalibrationSet:
     directory: Path
     images: tuple[Path, ...]
     digest: str
+    masks_dir: Path | None = None
 
     @classmethod
     def from_dir(cls, directory: Path) -> CalibrationSet:
+        """``directory`` holds images, or (inpainting) ``images/`` and ``masks/`` (white = hole)."""
         if not directory.is_dir():
             raise BadRequest(f"--calibration {directory}: not a directory of images")
+        masks = directory / "masks" if (directory / "masks").is_dir() else None
+        if (directory / "images").is_dir():
+            directory = directory / "images"
         images = tuple(sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
         if not images:
             raise BadRequest(
@@ -64,7 +72,18 @@ class CalibrationSet:
         digest = hashlib.sha256()
         for path in images:
             digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
-        return cls(directory, images, digest.hexdigest())
+            if masks is not None and (masks / path.name).is_file():
+                digest.update(f"mask:{file_sha256(masks / path.name)}\n".encode())
+        return cls(directory, images, digest.hexdigest(), masks)
+
+    def holes(self, paths: Sequence[Path]) -> list[npt.NDArray[np.bool_]]:
+        """The hole masks (same file name under ``masks/``) of ``paths``."""
+        if self.masks_dir is None:
+            raise BadRequest(
+                f"--calibration {self.directory}: inpainting needs DIR/images and DIR/masks "
+                "(same file names, white = hole)"
+            )
+        return [imaging.read_mask(self.masks_dir / p.name) > 127 for p in paths]
 
     @property
     def calibration(self) -> tuple[Path, ...]:
@@ -177,6 +196,9 @@ def sr_feeds(
     per_image: int = 4,
 ) -> list[dict[str, Array]]:
     recorder = RecordingSession(fp32)
+    if crop is not None:  # one crop size that fits every image: feeds must share a shape
+        scale = int(entry.params.get("scale", 1))
+        crop = min([crop, *(min(i.shape[:2]) // scale for i in images)])
     for hr in images:
         for part in [hr] if crop is None else hr_crops(entry, hr, crop, per_image):
             lr, _ = sr_pair(entry, part)
@@ -207,20 +229,53 @@ def seg_feed(entry: ModelEntry, session: Session, image: Image) -> dict[str, Arr
 
 
 def _unsupported(entry: ModelEntry) -> str:
-    families = ", ".join((*SR_FAMILIES, *SEG_FAMILIES))
+    families = ", ".join((*SR_FAMILIES, *SEG_FAMILIES, *INPAINT_FAMILIES))
     return (
         f"model {entry.name}: no calibration preprocessing for family {entry.family!r} "
         f"(supported: {families}); quantize it without --calibration (random feeds)"
     )
 
 
+# ---------------------------------------------------------------- inpainting
+
+
+def inpaint_fill(
+    entry: ModelEntry, session: Session, image: Image, hole: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float32]:
+    """The model's fill of ``image`` (float 0..255), via ``inpainting.fill_window``."""
+    from edged.tasks.inpainting import fill_window, model_io
+
+    return fill_window(session, model_io(entry, session), image, hole)
+
+
+def inpaint_feeds(
+    entry: ModelEntry,
+    fp32: Session,
+    images: Sequence[Image],
+    holes: Sequence[npt.NDArray[np.bool_]],
+) -> list[dict[str, Array]]:
+    recorder = RecordingSession(fp32)
+    for image, hole in zip(images, holes, strict=True):
+        inpaint_fill(entry, recorder, image, hole)
+    return recorder.feeds
+
+
 # ---------------------------------------------------------------- reader
 
 
 def model_feeds(
-    entry: ModelEntry, fp32: Session, images: Sequence[Image], *, crop: int | None = DEFAULT_CROP
+    entry: ModelEntry,
+    fp32: Session,
+    images: Sequence[Image],
+    *,
+    crop: int | None = DEFAULT_CROP,
+    holes: Sequence[npt.NDArray[np.bool_]] | None = None,
 ) -> list[dict[str, Array]]:
     """Calibration feeds for ``entry`` from real images, through its task preprocessing."""
+    if entry.family in INPAINT_FAMILIES:
+        if holes is None:
+            raise BadRequest(f"model {entry.name}: inpainting calibration needs hole masks")
+        return inpaint_feeds(entry, fp32, images, holes)
     if entry.family in SR_FAMILIES:
         return sr_feeds(entry, fp32, images, crop)
     if entry.family in SEG_FAMILIES:
@@ -229,7 +284,7 @@ def model_feeds(
 
 
 def supports(entry: ModelEntry) -> bool:
-    return entry.family in (*SR_FAMILIES, *SEG_FAMILIES)
+    return entry.family in (*SR_FAMILIES, *SEG_FAMILIES, *INPAINT_FAMILIES)
 
 
 class CalibrationReader:

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -39,7 +38,7 @@ from edged.memory import (
     tune_allocator,
 )
 from edged.schema import format_bytes
-from edged.stats import ESTIMATES_FILE, EstimateTable
+from edged.stats import ESTIMATES_FILE, Counters, EstimateTable, Slot, slot_stats
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -51,6 +50,11 @@ MIN_PEAK_FACTOR = 2.0
 """Lowest load peak / file size seen for ONNX (protobuf bytes + the tensors built from them)."""
 MIN_COST = 1_000_000
 """Floor of a measured cost: a delta can read ~0 when freed heap pages are reused."""
+PEAK_MARGIN = 0.06
+"""Added to a measured peak: one 400 MB model's load peak varied 800-850 MB run to run."""
+GUESS_FLOOR = 100_000_000
+"""Least reserved for an unmeasured model: small files with big activations peaked at
+16-48x their size during warm-up (taef2_decoder 5 MB -> 81 MB, vaelight_decoder 1 MB -> 48 MB)."""
 DEFAULT_ESTIMATE = 64_000_000
 """Cost assumed for a model with no measurement and no size hint."""
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -78,42 +82,6 @@ def _close_value(value: object) -> None:
     close = getattr(target, "close", None)
     if callable(close):
         close()
-
-
-@dataclass
-class _Slot(Generic[T]):
-    key: str
-    value: T | None = None
-    cost: int = 0  # charged while resident (measured)
-    reserved: int = 0  # held while loading (predicted peak)
-    users: int = 0
-    pinned: bool = False
-    loading: bool = True
-    doomed: bool = False  # evict when the last user releases
-    last_used: int = 0
-    loads: int = 0
-    hits: int = 0
-    load_s: float = 0.0
-    peak: int = 0
-    pss: int | None = None
-    use_lock: threading.RLock = field(default_factory=threading.RLock)
-
-    @property
-    def charged(self) -> int:
-        return self.cost + self.reserved
-
-
-@dataclass
-class _Counters:
-    loads: int = 0
-    evictions: int = 0
-    hits: int = 0
-    misses: int = 0
-    busy: int = 0
-    refused: int = 0
-    load_errors: int = 0
-    load_s: float = 0.0
-    peak_misses: int = 0  # load peak above its reservation: the estimate was too low
 
 
 class ModelPool(Generic[T]):
@@ -144,12 +112,12 @@ class ModelPool(Generic[T]):
         self._pinned = frozenset(pinned)
         self._closer = closer
         self._on_event = on_event
-        self._slots: dict[str, _Slot[T]] = {}
+        self._slots: dict[str, Slot[T]] = {}
         self._releasing = 0  # bytes of victims being closed: not free yet
         self._cond = threading.Condition()
         self._load_lock = threading.RLock()  # one load at a time: deltas stay attributable
         self._tick = itertools.count(1)
-        self._n = _Counters()
+        self._n = Counters()
         self._loads_by_key: dict[str, int] = {}
         self._closed = False
         if tune_malloc:
@@ -228,10 +196,10 @@ class ModelPool(Generic[T]):
     def stats(self) -> dict[str, Any]:
         """Resident models and counters, JSON-able (the daemon's `stats` reply embeds this)."""
         with self._cond:
-            n = self._n
-            models = [self._slot_stats(s) for s in self._slots.values() if not s.loading]
+            ready = [s for s in self._slots.values() if not s.loading]
+            models = [slot_stats(s, self._is_pinned(s)) for s in ready]
             used = self._used()
-            lookups = n.hits + n.misses
+            counters = self._n.as_dict()
         rss = rss_bytes()
         return {
             "budget_bytes": self.budget,
@@ -241,16 +209,7 @@ class ModelPool(Generic[T]):
             "baseline_rss_bytes": self._baseline,
             "untracked_bytes": rss - self._baseline - used,
             "models": sorted(models, key=lambda m: -int(m["last_used"])),
-            "loads": n.loads,
-            "evictions": n.evictions,
-            "hits": n.hits,
-            "misses": n.misses,
-            "hit_rate": round(n.hits / lookups, 4) if lookups else None,
-            "busy": n.busy,
-            "refused": n.refused,
-            "load_errors": n.load_errors,
-            "peak_misses": n.peak_misses,
-            "load_seconds_total": round(n.load_s, 3),
+            **counters,
         }
 
     def close(self) -> None:
@@ -274,7 +233,7 @@ class ModelPool(Generic[T]):
 
     def _admit(
         self, key: str, loader: Callable[[], T], estimate: int | None, pinned: bool
-    ) -> _Slot[T]:
+    ) -> Slot[T]:
         deadline = time.monotonic() + self.wait_s
         with self._cond:
             while True:
@@ -293,7 +252,7 @@ class ModelPool(Generic[T]):
         self._close(victims, reason=f"room for {key}")
         return self._load(slot, loader)
 
-    def _hit(self, slot: _Slot[T], pinned: bool) -> _Slot[T]:
+    def _hit(self, slot: Slot[T], pinned: bool) -> Slot[T]:
         slot.users += 1
         slot.hits += 1
         slot.pinned |= pinned
@@ -312,11 +271,12 @@ class ModelPool(Generic[T]):
         room = self.budget - sum(s.cost for s in fixed)
         known = self.estimates.get(key)
         if known is not None:
-            need = max(known.peak_bytes, known.resident_bytes)
-            least, how = need, "measured"
+            least = max(known.peak_bytes, known.resident_bytes)
+            need, how = int(least * (1 + PEAK_MARGIN)), "measured"
         elif estimate:
             least = int(max(estimate, MIN_COST) * MIN_PEAK_FACTOR)
-            need, how = int(estimate * LOAD_PEAK_FACTOR), "estimated from its size"
+            need = max(int(estimate * LOAD_PEAK_FACTOR), GUESS_FLOOR)
+            how = "estimated from its size"
         else:
             least, need, how = MIN_COST, int(DEFAULT_ESTIMATE * LOAD_PEAK_FACTOR), "no estimate"
         if least > room:
@@ -324,7 +284,7 @@ class ModelPool(Generic[T]):
             raise MemoryBudgetExceeded(self._refusal(key, least, how, fixed, room))
         return min(need, room)
 
-    def _plan(self, key: str, estimate: int | None) -> tuple[int, list[_Slot[T]] | None]:
+    def _plan(self, key: str, estimate: int | None) -> tuple[int, list[Slot[T]] | None]:
         """(bytes to reserve, victims that make room); victims None if it must wait."""
         need = self._need(key, estimate)
         free = self.budget - self._used()
@@ -333,7 +293,7 @@ class ModelPool(Generic[T]):
         idle = sorted(
             (s for s in self._slots.values() if self._evictable(s)), key=lambda s: s.last_used
         )
-        victims: list[_Slot[T]] = []
+        victims: list[Slot[T]] = []
         for slot in idle:
             if free >= need + self.slack or (free >= need and len(victims) >= 3):
                 break
@@ -341,7 +301,7 @@ class ModelPool(Generic[T]):
             free += slot.cost
         return need, victims if free >= need else None
 
-    def _refusal(self, key: str, need: int, how: str, fixed: list[_Slot[T]], room: int) -> str:
+    def _refusal(self, key: str, need: int, how: str, fixed: list[Slot[T]], room: int) -> str:
         msg = f"{key} needs {format_bytes(need)} to load ({how}) but the memory budget is {format_bytes(self.budget)}"
         if need <= self.budget:
             names = ", ".join(s.key for s in fixed)
@@ -350,7 +310,7 @@ class ModelPool(Generic[T]):
             msg += ":"
         return f"{msg} raise memory_budget (and the cgroup MemoryMax), or use a smaller/quantized model"
 
-    def _busy(self, key: str, loading: _Slot[T] | None) -> Busy:
+    def _busy(self, key: str, loading: Slot[T] | None) -> Busy:
         self._n.busy += 1
         if loading is not None:
             return Busy(f"{key}: still loading after {self.wait_s:.1f} s; retry later")
@@ -361,10 +321,10 @@ class ModelPool(Generic[T]):
             "run fewer jobs at once, or raise memory_budget / admission_wait_s"
         )
 
-    def _reserve(self, key: str, need: int, pinned: bool, victims: list[_Slot[T]]) -> _Slot[T]:
+    def _reserve(self, key: str, need: int, pinned: bool, victims: list[Slot[T]]) -> Slot[T]:
         for victim in victims:
             self._detach(victim)
-        slot: _Slot[T] = _Slot(key, reserved=need, users=1, pinned=pinned)
+        slot: Slot[T] = Slot(key, reserved=need, users=1, pinned=pinned)
         slot.last_used = next(self._tick)
         self._slots[key] = slot
         self._n.misses += 1
@@ -372,7 +332,7 @@ class ModelPool(Generic[T]):
 
     # ------------------------------------------------------------ load / release
 
-    def _load(self, slot: _Slot[T], loader: Callable[[], T]) -> _Slot[T]:
+    def _load(self, slot: Slot[T], loader: Callable[[], T]) -> Slot[T]:
         try:
             with self._load_lock:
                 value, cost, peak, pss, seconds = self._measure(loader)
@@ -421,7 +381,7 @@ class ModelPool(Generic[T]):
         pss = pss_after - pss_before if pss_after is not None and pss_before is not None else None
         return value, cost, max(top - before, cost), pss, seconds
 
-    def _overflow(self) -> list[_Slot[T]]:
+    def _overflow(self) -> list[Slot[T]]:
         """A load that cost more than predicted: evict idle models until back under budget."""
         victims = []
         idle = sorted(
@@ -434,7 +394,7 @@ class ModelPool(Generic[T]):
             victims.append(slot)
         return victims
 
-    def _release(self, slot: _Slot[T]) -> None:
+    def _release(self, slot: Slot[T]) -> None:
         with self._cond:
             slot.users -= 1
             slot.last_used = next(self._tick)
@@ -447,21 +407,21 @@ class ModelPool(Generic[T]):
 
     # ------------------------------------------------------------ eviction helpers
 
-    def _is_pinned(self, slot: _Slot[T]) -> bool:
+    def _is_pinned(self, slot: Slot[T]) -> bool:
         return slot.pinned or slot.key in self._pinned
 
-    def _evictable(self, slot: _Slot[T]) -> bool:
+    def _evictable(self, slot: Slot[T]) -> bool:
         return not slot.loading and slot.users == 0 and not self._is_pinned(slot)
 
     def _used(self) -> int:
         return sum(s.charged for s in self._slots.values()) + self._releasing
 
-    def _detach(self, slot: _Slot[T]) -> None:
+    def _detach(self, slot: Slot[T]) -> None:
         """Under the lock: remove from the table, keep its bytes charged until it is closed."""
         del self._slots[slot.key]
         self._releasing += slot.cost
 
-    def _close(self, victims: list[_Slot[T]], *, reason: str) -> None:
+    def _close(self, victims: list[Slot[T]], *, reason: str) -> None:
         """Outside the lock: close victims, give the memory back, then free their charge."""
         if not victims:
             return
@@ -482,17 +442,3 @@ class ModelPool(Generic[T]):
     def _emit(self, event: str, fields: dict[str, Any]) -> None:
         if self._on_event is not None:
             self._on_event(event, fields)
-
-    def _slot_stats(self, slot: _Slot[T]) -> dict[str, Any]:
-        return {
-            "key": slot.key,
-            "bytes": slot.cost,
-            "peak_bytes": slot.peak,
-            "pss_bytes": slot.pss,
-            "users": slot.users,
-            "pinned": self._is_pinned(slot),
-            "loads": slot.loads,
-            "hits": slot.hits,
-            "load_seconds": round(slot.load_s, 3),
-            "last_used": slot.last_used,
-        }

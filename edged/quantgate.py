@@ -233,13 +233,34 @@ def hole_gate(
     )
 
 
+def inpaint_gate(
+    entry: ModelEntry,
+    fp32: Session,
+    quant: Session,
+    images: Sequence[npt.NDArray[np.uint8]],
+    thresholds: Thresholds = DEFAULTS,
+    *,
+    holes: Sequence[npt.NDArray[np.bool_]],
+) -> GateResult:
+    """In-hole PSNR of the variant's and fp32's fills against the original images."""
+    from edged.calibration import inpaint_fill
+
+    reference = [np.asarray(i, np.float64) for i in images]
+    pairs = list(zip(images, holes, strict=True))
+    fp32_out = [np.clip(inpaint_fill(entry, fp32, i, h), 0, 255) for i, h in pairs]
+    quant_out = [np.clip(inpaint_fill(entry, quant, i, h), 0, 255) for i, h in pairs]
+    return hole_gate(reference, fp32_out, quant_out, holes, thresholds)
+
+
 GateFn = Callable[..., GateResult]
 
 
 def gate_for(entry: ModelEntry) -> GateFn | None:
     """The gate of the entry's task, or None when there is none for its family."""
-    from edged.calibration import SEG_FAMILIES, SR_FAMILIES
+    from edged.calibration import INPAINT_FAMILIES, SEG_FAMILIES, SR_FAMILIES
 
+    if entry.family in INPAINT_FAMILIES:
+        return inpaint_gate
     if entry.family in SR_FAMILIES:
         return sr_gate
     if entry.family in SEG_FAMILIES:

@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from edged.calibration import CalibrationReader, CalibrationSet, load_images, model_feeds, supports
+from edged.calibration import (
+    DEFAULT_CROP,
+    CalibrationReader,
+    CalibrationSet,
+    load_images,
+    model_feeds,
+    supports,
+)
 from edged.catalog import Catalog, dump_entry, file_sha256, user_catalog_dir
 from edged.catalog_schema import ModelEntry, ModelFile, Precision
 from edged.config import Settings
@@ -246,6 +253,8 @@ def evaluate_gate(
         )
     images = load_images(calib.held_out)
     kwargs: dict[str, Any] = {"crop": crop} if entry.task == "superres" else {}
+    if entry.task == "inpainting":
+        kwargs = {"holes": calib.holes(calib.held_out)}
     result = gate(entry, fp32, quant, images, thresholds, **kwargs)
     result.calibration = calib.digest
     return result
@@ -291,9 +300,9 @@ def calibrated_qdq(
     fp32 = _session(src)
     try:
         images = load_images(calib.calibration)
-        feeds = (
-            model_feeds(entry, fp32, images, crop=48) if big else model_feeds(entry, fp32, images)
-        )
+        holes = calib.holes(calib.calibration) if entry.task == "inpainting" else None
+        crop = 48 if big else DEFAULT_CROP
+        feeds = model_feeds(entry, fp32, images, crop=crop, holes=holes)
     finally:
         fp32.close()
     if big:

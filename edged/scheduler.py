@@ -32,6 +32,8 @@ RunFn = Callable[[TaskRequest, ProgressFn, threading.Event], TaskResult]
 OnProgress = Callable[["Job", int, int, str], None]
 """``(job, step, total, message)``: a running job reported a step (e.g. generation)."""
 
+CANCEL_GRACE_S = 2.0
+"""After the drain time, how long cancelled jobs get to notice their cancel event."""
 REQUESTS = ""
 """Queue name of requests (stream names are never empty)."""
 
@@ -127,9 +129,16 @@ class Scheduler:
                 job.future.set_exception(
                     Cancelled(f"shutting down: the job did not finish within {timeout:g} s")
                 )
+        still = stuck
         if stuck:
-            log.warning("jobs still running at shutdown", count=len(stuck))
-        return not stuck
+            # Cooperative tasks (generation) raise Cancelled at their next step: a short grace
+            # lets them end so the engine closes normally instead of the process leaving
+            # through os._exit under native code.
+            with self._cond:
+                self._cond.wait_for(lambda: not self._running_jobs, CANCEL_GRACE_S)
+                still = list(self._running_jobs)
+            log.warning("jobs still running at shutdown", count=len(still), cancelled=len(stuck))
+        return not still
 
     # ------------------------------------------------------------------ queues
 

@@ -254,10 +254,17 @@ class Service:
 
     def _handle_request(self, request: Any) -> Future[Any]:
         """RequestServer handler: queue the job, resolve to a ``Reply`` (never raises)."""
+        from edged.io.confine import confine_paths
         from edged.io.protocol import Reply
 
         assert self.scheduler is not None
         reply: Future[Any] = Future()
+        try:
+            # Generation takes model dirs and decoder files: never outside model_dirs.
+            confine_paths(request.task_request, self.settings.model_search_path)
+        except EdgedError as exc:
+            reply.set_result(Reply.from_error(exc))
+            return reply
         job = Job(
             request.task_request,
             captured_at=request.received_at,

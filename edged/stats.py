@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from edged.log import get_logger
 from edged.memory import read_cgroup_memory, snapshot
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 ESTIMATES_FILE = "pool-estimates.json"
 _VERSION = 1
@@ -32,9 +33,9 @@ class Estimate:
     observations: int
 
 
-def _blend(old: int, new: int) -> int:
+def _blend(old: int, new: int, keep: float = 0.75) -> int:
     """Up at once (never under-budget twice), down slowly (one lucky reading is not a trend)."""
-    return new if new >= old else round(0.75 * old + 0.25 * new)
+    return new if new >= old else round(keep * old + (1 - keep) * new)
 
 
 class EstimateTable:
@@ -76,7 +77,7 @@ class EstimateTable:
                 if old is None
                 else Estimate(
                     _blend(old.resident_bytes, resident_bytes),
-                    _blend(old.peak_bytes, peak_bytes),
+                    _blend(old.peak_bytes, peak_bytes, keep=0.9),  # peaks vary more
                     old.observations + 1,
                 )
             )
@@ -110,3 +111,73 @@ def process_memory() -> dict[str, Any]:
         "cgroup_max_bytes": cgroup.max if cgroup else None,
         "cgroup_current_bytes": cgroup.current if cgroup else None,
     }
+
+
+@dataclass
+class Slot(Generic[T]):
+    """The pool's record of one model: loading, resident, or being released."""
+
+    key: str
+    value: T | None = None
+    cost: int = 0  # charged while resident (measured)
+    reserved: int = 0  # held while loading (predicted peak)
+    users: int = 0
+    pinned: bool = False
+    loading: bool = True
+    doomed: bool = False  # evict when the last user releases
+    last_used: int = 0
+    loads: int = 0
+    hits: int = 0
+    load_s: float = 0.0
+    peak: int = 0
+    pss: int | None = None
+    use_lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def charged(self) -> int:
+        return self.cost + self.reserved
+
+
+def slot_stats(slot: Slot[Any], pinned: bool) -> dict[str, Any]:
+    return {
+        "key": slot.key,
+        "bytes": slot.cost,
+        "peak_bytes": slot.peak,
+        "pss_bytes": slot.pss,
+        "users": slot.users,
+        "pinned": pinned,
+        "loads": slot.loads,
+        "hits": slot.hits,
+        "load_seconds": round(slot.load_s, 3),
+        "last_used": slot.last_used,
+    }
+
+
+@dataclass
+class Counters:
+    """Pool-wide counters since start."""
+
+    loads: int = 0
+    evictions: int = 0
+    hits: int = 0
+    misses: int = 0
+    busy: int = 0
+    refused: int = 0
+    load_errors: int = 0
+    load_s: float = 0.0
+    peak_misses: int = 0  # load peak above its reservation: the estimate was too low
+
+    def as_dict(self) -> dict[str, Any]:
+        lookups = self.hits + self.misses
+        return {
+            "loads": self.loads,
+            "evictions": self.evictions,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hits / lookups, 4) if lookups else None,
+            "busy": self.busy,
+            "refused": self.refused,
+            "load_errors": self.load_errors,
+            "peak_misses": self.peak_misses,
+            "load_seconds_total": round(self.load_s, 3),
+        }

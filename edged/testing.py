@@ -9,6 +9,7 @@ Sections (append to your own section with small edits; keep them independent):
   - boards: fake sysfs/proc/dev trees
   - servers: local HTTP file server
   - zmq: temporary endpoints
+  - generation: tiny SD model dirs (real IO signatures, CLIP-format BPE) without torch
 """
 
 from __future__ import annotations
@@ -1235,3 +1236,44 @@ def set5_score(
             )
         scores.append(y_psnr(out, hr, scale))
     return float(np.mean(scores))
+
+
+def make_conv_sr_model(path: Path, scale: int = 2, *, outlier: float = 0.0, seed: int = 0) -> Path:
+    """A tiny ESPCN-shaped sr-y model: NHWC Y in, Conv-Relu-Conv-DepthToSpace, NCHW out.
+
+    Channel 0 carries the image (nearest-neighbour upscaling) and small random channels
+    make it a real conv net. ``outlier`` > 0 adds a hidden channel of ``outlier * x`` that
+    the second conv ignores: per-tensor int8 activations then spend their range on it and
+    the image channel is lost -- a model static int8 quantization must ruin.
+    """
+    onnx = _onnx()
+    h, tp = onnx.helper, onnx.TensorProto
+    rng = np.random.default_rng(seed)
+    mid = 4
+    w1 = (rng.standard_normal((mid, 1, 3, 3)) * 0.01).astype(np.float32)
+    w1[0, 0, 1, 1] = 1.0
+    w1[1] = 0.0
+    w1[1, 0, 1, 1] = outlier
+    w2 = (rng.standard_normal((scale * scale, mid, 3, 3)) * 0.002).astype(np.float32)
+    w2[:, 0, 1, 1] += 1.0
+    w2[:, 1] = 0.0
+    nodes = [
+        h.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
+        h.make_node("Conv", ["nchw", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        h.make_node("Relu", ["c1"], ["r1"]),
+        h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        h.make_node("DepthToSpace", ["c2"], ["output"], blocksize=scale, mode="DCR"),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "conv_sr",
+        [h.make_tensor_value_info("input", tp.FLOAT, [1, "H", "W", 1])],
+        [h.make_tensor_value_info("output", tp.FLOAT, [1, 1, "sH", "sW"])],
+        initializer=[
+            onnx.numpy_helper.from_array(w1, "w1"),
+            onnx.numpy_helper.from_array(np.zeros(mid, np.float32), "b1"),
+            onnx.numpy_helper.from_array(w2, "w2"),
+            onnx.numpy_helper.from_array(np.zeros(scale * scale, np.float32), "b2"),
+        ],
+    )
+    return save_model(graph, path)

@@ -280,3 +280,21 @@ def test_pool_budget_is_never_exceeded(tmp_path: Path) -> None:
         assert sampler.peak - baseline <= budget
     finally:
         eng.close()
+
+
+def test_residency_plan_and_refusal_without_a_pool(sd_dir: Path) -> None:
+    from edged.errors import MemoryBudgetExceeded
+    from edged.tasks.generation.staged import Residency, estimate_bytes
+
+    parts = {n: sd_dir / n / "model.onnx" for n in ("text_encoder", "unet")}
+    need = sum(estimate_bytes(n, p, 64 * 64) for n, p in parts.items())
+    roomy = Residency(None, sd_dir, budget=need, components=parts, pixels=64 * 64)
+    tight = Residency(None, sd_dir, budget=need - 1, components=parts, pixels=64 * 64)
+    assert roomy.strategy == "resident"
+    assert tight.strategy == "staged"
+    tiny = Residency(None, sd_dir, budget=1000, strategy="staged")
+    with (
+        pytest.raises(MemoryBudgetExceeded, match="memory budget"),
+        tiny.use("unet", parts["unet"]),
+    ):
+        pass

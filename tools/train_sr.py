@@ -73,9 +73,24 @@ def load_training_images() -> list[np.ndarray]:
 
 
 def sample_batch(
-    rng: np.random.Generator, images: list[np.ndarray], batch: int, lr_size: int
+    rng: np.random.Generator,
+    images: list[np.ndarray],
+    batch: int,
+    lr_size: int,
+    oversample: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random HR crops (flip/rot augmented) and their INTER_CUBIC x1/2 LR, float32 0..1."""
+    """Random HR crops (flip/rot augmented) and their INTER_CUBIC x1/2 LR, float32 0..1.
+
+    ``oversample`` > 1 draws that many candidates per slot and keeps the ``batch`` with the
+    most gradient energy: flat sky and sensor noise teach an upscaler little, edges a lot.
+    """
+    if oversample > 1:
+        lr, hr = sample_batch(rng, images, batch * oversample, lr_size)
+        energy = np.abs(np.diff(hr, axis=2)).mean(axis=(1, 2, 3)) + np.abs(
+            np.diff(hr, axis=3)
+        ).mean(axis=(1, 2, 3))
+        keep = np.argsort(energy)[-batch:]
+        return lr[keep], hr[keep]
     hr_size = lr_size * SCALE
     weights = np.array([im.size for im in images], dtype=np.float64)
     picks = rng.choice(len(images), size=batch, p=weights / weights.sum())
@@ -156,6 +171,17 @@ def build_model(channels: int = 48) -> object:
     return EdgedSR()
 
 
+def load_onnx_weights(model: object, path: Path) -> None:
+    """Continue from an exported model: its initializers keep the torch parameter names."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    state = {k: torch.from_numpy(weights[k].copy()) for k in model.state_dict()}  # type: ignore[attr-defined]
+    model.load_state_dict(state)  # type: ignore[attr-defined]
+
+
 def train(args: argparse.Namespace) -> object:
     import torch
 
@@ -165,6 +191,8 @@ def train(args: argparse.Namespace) -> object:
     rng = np.random.default_rng(args.seed)
     images = load_training_images()
     model = build_model(args.channels)
+    if args.init is not None:
+        load_onnx_weights(model, args.init)
     params = sum(p.numel() for p in model.parameters())  # type: ignore[attr-defined]
     print(f"training on {len(images)} images, {params} parameters, {args.steps} steps")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)  # type: ignore[attr-defined]
@@ -174,9 +202,10 @@ def train(args: argparse.Namespace) -> object:
     start = time.monotonic()
     running = 0.0
     for step in range(1, args.steps + 1):
-        lr, hr = sample_batch(rng, images, args.batch, args.patch)
+        lr, hr = sample_batch(rng, images, args.batch, args.patch, args.oversample)
         out = model(torch.from_numpy(lr))  # type: ignore[operator]
-        loss = torch.nn.functional.l1_loss(out, torch.from_numpy(hr))
+        loss_fn = torch.nn.functional.l1_loss if args.loss == "l1" else torch.nn.functional.mse_loss
+        loss = loss_fn(out, torch.from_numpy(hr))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -273,6 +302,9 @@ def main() -> int:
     parser.add_argument("--patch", type=int, default=48, help="LR patch side")
     parser.add_argument("--channels", type=int, default=48)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--oversample", type=int, default=1, help="edge-rich patch picking")
+    parser.add_argument("--init", type=Path, default=None, help="start from this ONNX export")
+    parser.add_argument("--loss", choices=["l1", "mse"], default="l1")
     parser.add_argument("--seed", type=int, default=20260101)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set5", type=Path, default=None, help="Set5 HR dir, to print scores")

@@ -81,15 +81,25 @@ def machine(threads: int | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------- timing
 
 
-def time_ns(fn: Callable[[], object], *, runs: int, warmup: int = 3) -> list[int]:
-    """``warmup`` untimed calls, then ``runs`` samples of one call each, in ns."""
+def time_ns(
+    fn: Callable[[], object], *, runs: int, warmup: int = 3, max_seconds: float | None = None
+) -> list[int]:
+    """``warmup`` untimed calls, then ``runs`` samples of one call each, in ns.
+
+    ``max_seconds`` ends the block early (after at least 3 samples) so that slow cases do
+    not dominate a suite's run time; the sample count is reported with every summary.
+    """
     for _ in range(warmup):
         fn()
-    samples = []
+    samples: list[int] = []
+    deadline = None if max_seconds is None else time.perf_counter_ns() + int(max_seconds * 1e9)
     for _ in range(runs):
         start = time.perf_counter_ns()
         fn()
-        samples.append(time.perf_counter_ns() - start)
+        end = time.perf_counter_ns()
+        samples.append(end - start)
+        if deadline is not None and end > deadline and len(samples) >= 3:
+            break
     return samples
 
 
@@ -234,7 +244,9 @@ def bench_image(width: int, height: int, name: str = "zidane.jpg") -> Any:
     if bgr is None:
         rng = np.random.default_rng(0)
         yy, xx = np.mgrid[0:height, 0:width]
-        base = np.stack([xx * 255 // max(1, width), yy * 255 // max(1, height), (xx + yy) % 256], -1)
+        base = np.stack(
+            [xx * 255 // max(1, width), yy * 255 // max(1, height), (xx + yy) % 256], -1
+        )
         noisy = base + rng.integers(0, 32, size=base.shape)
         return np.clip(noisy, 0, 255).astype(np.uint8)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

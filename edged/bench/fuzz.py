@@ -26,13 +26,14 @@ from typing import Any
 from edged.bench.daemon import BenchDaemon
 from edged.bench.fuzz_cases import Case, CaseGenerator
 from edged.cli.common import add_common, print_json, settings_from_args
+from edged.config import Settings
 
 ERROR_CODES = frozenset(
     {"bad_request", "unknown_model", "too_large", "busy", "licence", "internal"}
 )
 MAX_FRAME_BYTES = 262_144
 MAX_PIXELS = 250_000
-FUZZ_MODELS = ["selfie_segmentation", "edged_sr_x2"]
+FUZZ_MODELS = ["selfie_segmentation", "espcn_x2"]
 
 
 @dataclass
@@ -206,28 +207,57 @@ def _expire(slots: list[_Slot], poller: Any, ctx: Any, endpoint: str, report: Fu
 # ---------------------------------------------------------------- the daemon under test
 
 
+def config_toml(
+    top: dict[str, Any],
+    sections: dict[str, dict[str, Any]] | None = None,
+    streams: list[dict[str, Any]] | None = None,
+) -> str:
+    """A daemon config file from plain dicts (JSON spelling is valid TOML for these values)."""
+
+    def line(key: str, value: Any) -> str:
+        return f"{key} = {json.dumps(value, default=str)}"  # Paths (also in lists) as strings
+
+    lines = [line(k, v) for k, v in top.items()]
+    for name, values in (sections or {}).items():
+        lines += [f"[{name}]", *(line(k, v) for k, v in values.items())]
+    for stream in streams or []:
+        lines += ["[[streams]]", *(line(k, v) for k, v in stream.items())]
+    return "\n".join(lines) + "\n"
+
+
+def work_dirs(work: Path) -> dict[str, str]:
+    """state/cache/runtime dirs of a daemon living in ``work``."""
+    return {
+        k: str(work / v)
+        for k, v in (("state_dir", "state"), ("cache_dir", "cache"), ("runtime_dir", "run"))
+    }
+
+
 def fuzz_config_toml(work: Path, model_dirs: list[Path], *, workers: int = 2) -> str:
     """A daemon config with small limits (so too-large paths are cheap) and cheap models."""
     top = {
-        "state_dir": str(work / "state"),
-        "cache_dir": str(work / "cache"),
-        "runtime_dir": str(work / "run"),
+        **work_dirs(work),
         "model_dirs": [str(d) for d in model_dirs],
         "warmup_models": FUZZ_MODELS,
         "log_level": "warning",
         "log_format": "json",
     }
-    lines = [f"{k} = {json.dumps(v)}" for k, v in top.items()]
-    lines += [
-        "[zmq]",
-        f"max_frame_bytes = {MAX_FRAME_BYTES}",
-        f"max_pixels = {MAX_PIXELS}",
-        "max_queue = 64",
-        "stats_interval_s = 5.0",
-        "[service]",
-        f"workers = {workers}",
-    ]
-    return "\n".join(lines) + "\n"
+    zmq = {
+        "max_frame_bytes": MAX_FRAME_BYTES,
+        "max_pixels": MAX_PIXELS,
+        "max_queue": 64,
+        "stats_interval_s": 5.0,
+    }
+    return config_toml(top, {"zmq": zmq, "service": {"workers": workers}})
+
+
+def bench_model_dirs(settings: Settings) -> list[Path]:
+    """The configured model search path, plus the shared real models when present."""
+    from edged.testing import shared_models_dir
+
+    dirs = list(settings.model_search_path)
+    shared = shared_models_dir()
+    return [*dirs, shared] if shared.is_dir() and shared not in dirs else dirs
 
 
 class LiveDaemon(BenchDaemon):
@@ -274,7 +304,7 @@ def _handler(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
         with tempfile.TemporaryDirectory(prefix="edged-fuzz-") as tmp:
             work = Path(tmp)
-            daemon = LiveDaemon(work, fuzz_config_toml(work, settings.model_search_path))
+            daemon = LiveDaemon(work, fuzz_config_toml(work, bench_model_dirs(settings)))
             with daemon:
                 report = run_fuzz(
                     daemon.requests_endpoint,

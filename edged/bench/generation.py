@@ -42,6 +42,7 @@ def register(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--no-baseline", action="store_true", help="skip the all-resident run")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--state-dir", default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=_handler)
 
 
@@ -69,9 +70,15 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
 
     overrides: dict[str, Any] = {"model_dirs": [args.model_dirs]} if args.model_dirs else {}
     # The budget asked for, not capped by the profile's default: the baseline is unlimited.
+    from edged.stats import ESTIMATES_FILE
+
     budget = parse_bytes(args.budget)
     assert isinstance(budget, int)
-    pool: ModelPool[Any] = ModelPool(budget)
+    # Both runs share one estimate table: the baseline (run first) measures each component's
+    # real load cost, so the budgeted run is admitted on measurements, not on the pool's
+    # 2.5x-file-size guess for never-seen models.
+    estimates = Path(args.state_dir) / ESTIMATES_FILE if args.state_dir else None
+    pool: ModelPool[Any] = ModelPool(budget, estimates_path=estimates)
     engine = Engine(load_settings(overrides=overrides), pool=pool)
     params: dict[str, Any] = {"width": args.size, "height": args.size, "residency": args.residency}
     params["decoder"] = args.decoder
@@ -105,8 +112,9 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _spawn(args: argparse.Namespace, budget: str, residency: str) -> dict[str, Any]:
+def _spawn(args: argparse.Namespace, budget: str, residency: str, state: str) -> dict[str, Any]:
     argv = [sys.executable, "-m", "edged", "bench", "generation", "--child", "--json"]
+    argv += ["--state-dir", state]
     argv += ["--model-dir", str(args.model_dir), "--budget", budget, "--residency", residency]
     argv += ["--size", str(args.size), "--decoder", args.decoder]
     if args.steps:
@@ -127,11 +135,15 @@ def _handler(args: argparse.Namespace) -> int:
     if args.child:
         print(json.dumps(_child(args)))
         return 0
-    result = _spawn(args, args.budget, args.residency)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edged-bench-gen-") as state:
+        baseline = None if args.no_baseline else _spawn(args, str(UNLIMITED), "resident", state)
+        result = _spawn(args, args.budget, args.residency, state)
     result["unet_precision"] = unet_precision(args.model_dir)
     result["model_dir"] = str(args.model_dir)
-    if not args.no_baseline:
-        result["baseline_resident"] = _spawn(args, str(UNLIMITED), "resident")
+    if baseline is not None:
+        result["baseline_resident"] = baseline
     if args.json:
         print_json(result)
     else:

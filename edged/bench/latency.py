@@ -47,6 +47,8 @@ from edged.runtime.base import Array, Feeds, Session, TensorSpec
 from edged.tasks.base import TaskRequest
 
 GOAL_MODEL = "selfie_segmentation"
+BLOCK_SECONDS = 2.0
+"""A block ends after this long (at least 3 samples): slow cases get fewer samples."""
 
 
 @dataclass(frozen=True)
@@ -185,13 +187,12 @@ def measure_case(
     samples: dict[str, list[int]] = {k: [] for k in calls}
     for _ in range(rounds):
         for name, fn in calls.items():
-            samples[name] += time_ns(fn, runs=runs, warmup=3)
+            samples[name] += time_ns(fn, runs=runs, warmup=2, max_seconds=BLOCK_SECONDS)
             time.sleep(0.05)  # let runtime worker threads stop spinning before the next block
-    return _case_result(engine, client, case, samples, len(feeds), image)
+    return _case_result(client, case, samples, len(feeds), image)
 
 
 def _case_result(
-    engine: Engine,
     client: Client | None,
     case: Case,
     samples: dict[str, list[int]],
@@ -225,7 +226,13 @@ def _case_result(
 
 
 def run_suite(
-    settings: Any, threads: int, cases: tuple[Case, ...], rounds: int, runs: int, daemon: bool
+    settings: Any,
+    threads: int,
+    cases: tuple[Case, ...],
+    *,
+    rounds: int,
+    runs: int,
+    daemon: bool,
 ) -> dict[str, Any]:
     settings = settings.model_copy(update={"threads": threads})
     engine = Engine(settings)
@@ -327,6 +334,8 @@ def _handler(args: argparse.Namespace) -> int:
     settings = bench_settings(args)
     threads = profile_threads(settings, args.threads)
     cases = tuple(parse_case(c) for c in args.case) if args.case else QUICK if args.quick else CASES
-    result = run_suite(settings, threads, cases, args.rounds, args.runs, not args.no_daemon)
+    result = run_suite(
+        settings, threads, cases, rounds=args.rounds, runs=args.runs, daemon=not args.no_daemon
+    )
     emit(result, args.json, table)
     return 0

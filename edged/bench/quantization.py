@@ -97,7 +97,7 @@ def _median_ms(fn: Callable[[], object], runs: int) -> float:
 
 
 def time_file(
-    entry: ModelEntry, backend: str, path: Path, precision: str, sample: Any, runs: int
+    entry: ModelEntry, backend: str, path: Path, precision: str, sample: Any, *, runs: int
 ) -> float:
     """Median ms of the task's model call on ``sample`` (an HR image for SR, a photo else)."""
     session = open_session(config_for(backend, precision=precision), path, warmup=False)
@@ -167,8 +167,9 @@ def variants(
     if quantize and calib is not None and onnx_fp32 and not has_onnx_int8:
         try:
             found.append(made_here(settings, entry, onnx_fp32[0], calib))
-        except EdgedError as exc:
-            found.append(Variant(onnx_fp32[0], None, note=f"quantization failed: {exc}"))
+        except Exception as exc:  # one model's quantizer failure must not end the bench
+            note = f"quantization failed: {one_line(exc, 160)}"
+            found.append(Variant(onnx_fp32[0], None, note=note))
     return found
 
 
@@ -192,6 +193,7 @@ def _accuracy(
     entry: ModelEntry,
     found: list[Variant],
     calib: CalibrationSet,
+    *,
     record: bool,
 ) -> None:
     from edged.quantize_vision import record_gate
@@ -212,10 +214,10 @@ def _accuracy(
 
 
 def _try_time(
-    entry: ModelEntry, backend: str, path: Path, precision: str, sample: Any, runs: int
+    entry: ModelEntry, backend: str, path: Path, precision: str, sample: Any, *, runs: int
 ) -> tuple[float | None, str | None]:
     try:
-        return time_file(entry, backend, path, precision, sample, runs), None
+        return time_file(entry, backend, path, precision, sample, runs=runs), None
     except EdgedError as exc:
         return None, one_line(exc, 160)
 
@@ -226,11 +228,13 @@ def speed_row(
     backend: str,
     found: list[Variant],
     sample: Any,
+    *,
     runs: int,
 ) -> dict[str, Any] | None:
     """fp32 vs int8 on one backend (None when the backend reads no file of the model)."""
     formats = FORMAT_OF_RUNTIME.get(split_backend(backend)[0], ())
-    int8 = next((v for v in found if _fmt(v.path) in formats and not v.note), None)
+    readable = [v for v in found if _fmt(v.path) in formats and not v.note]
+    int8 = min(readable, key=lambda v: formats.index(_fmt(v.path)), default=None)
     fmt = (
         _fmt(int8.path)
         if int8
@@ -241,10 +245,10 @@ def speed_row(
         return None
     row: dict[str, Any] = {"model": entry.name, "task": entry.task, "backend": backend}
     row["fp32_file"], row["fp32_ms"] = fp32.name, None
-    row["fp32_ms"], error = _try_time(entry, backend, fp32, "fp32", sample, runs)
+    row["fp32_ms"], error = _try_time(entry, backend, fp32, "fp32", sample, runs=runs)
     row["int8_file"], row["int8_ms"] = (int8.path.name if int8 else None), None
     if int8 is not None and error is None:
-        row["int8_ms"], error = _try_time(entry, backend, int8.path, "int8", sample, runs)
+        row["int8_ms"], error = _try_time(entry, backend, int8.path, "int8", sample, runs=runs)
     row["winner"] = _winner(row["fp32_ms"], row["int8_ms"])
     row["gate"] = int8.gate.as_dict() if int8 and int8.gate else None
     row["note"] = error or (None if int8 else "no int8 variant")
@@ -278,13 +282,13 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         if calib is None:
             continue
         found = variants(settings, catalog, entry, calib, not args.no_quantize)
-        _accuracy(settings, catalog, entry, found, calib, not args.no_record)
+        _accuracy(settings, catalog, entry, found, calib, record=not args.no_record)
         accuracy[entry.name] = {
             v.path.name: v.gate.as_dict() if v.gate else {"note": v.note} for v in found
         }
         sample = _sample(entry, load_images(calib.held_out), args.size)
         for backend in backends:
-            row = speed_row(entry, catalog, backend, found, sample, args.runs)
+            row = speed_row(entry, catalog, backend, found, sample, runs=args.runs)
             if row is None:
                 continue
             rows.append(row)

@@ -146,7 +146,7 @@ def collect(sub: Subscriber, warmup_s: float, seconds: float) -> list[tuple[floa
 
 
 def edged_stream(
-    settings: Any, clip: Path, threads: int, seconds: float, work: Path
+    settings: Any, clip: Path, threads: int, seconds: float, *, work: Path, warmup_s: float = 2.0
 ) -> dict[str, Any]:
     stream = {"name": "cam0", "source": str(clip), "task": "segmentation", "model": MODEL}
     daemon = BenchDaemon(
@@ -157,7 +157,7 @@ def edged_stream(
         streams=[{**stream, "loop": True}],
     )
     with daemon, Subscriber(daemon.results_endpoint, ["cam0."]) as sub:
-        got = collect(sub, warmup_s=2.0, seconds=seconds)
+        got = collect(sub, warmup_s=warmup_s, seconds=seconds)
     if len(got) < 2:
         raise EdgedError(f"the daemon published {len(got)} results in {seconds:g} s")
     return stream_figures(got, seconds)
@@ -184,7 +184,13 @@ def stream_figures(got: list[tuple[float, dict[str, Any]]], seconds: float) -> d
 
 
 def run_suite(
-    settings: Any, threads: int, seconds: float, frames: int, mediapipe: bool
+    settings: Any,
+    threads: int,
+    *,
+    seconds: float,
+    frames: int,
+    mediapipe: bool = True,
+    warmup_s: float = 2.0,
 ) -> dict[str, Any]:
     from edged.catalog import Catalog
 
@@ -197,9 +203,14 @@ def run_suite(
     with tempfile.TemporaryDirectory(prefix="edged-bench-stream-") as tmp:
         clip = make_clip(Path(tmp) / "clip.avi")
         result["clip"] = "640x360 MJPG, 150 frames panning over zidane.jpg, looped"
-        result["edged"] = edged_stream(settings, clip, threads, seconds, Path(tmp) / "daemon")
+        work = Path(tmp) / "daemon"
+        result["edged"] = edged_stream(
+            settings, clip, threads, seconds, work=work, warmup_s=warmup_s
+        )
         result["raw_litert"] = raw_litert_loop(paths[0], read_frames(clip, frames), threads)
-        result["mediapipe"] = _baseline(clip, frames) if mediapipe else {"skipped": "--no-mediapipe"}
+        result["mediapipe"] = (
+            _baseline(clip, frames) if mediapipe else {"skipped": "--no-mediapipe"}
+        )
     return _with_ratios(result)
 
 
@@ -236,7 +247,14 @@ def table(result: dict[str, Any]) -> str:
         ["MediaPipe 0.10.14 legacy SelfieSegmentation", mp.get("fps"), "-",
          mp.get("frame_p50_ms"), "-", fmt_ratio(ratio(mp.get("fps"), e["fps"]))],
     ]  # fmt: skip
-    headers = ["pipeline (640x360 selfie)", "fps", "dropped", "latency p50 ms", "p95 ms", "vs edged"]
+    headers = [
+        "pipeline (640x360 selfie)",
+        "fps",
+        "dropped",
+        "latency p50 ms",
+        "p95 ms",
+        "vs edged",
+    ]
     lines = [md_table(headers, rows)]
     if mp_note:
         lines.append(f"\nMediaPipe: {mp_note}")
@@ -252,6 +270,12 @@ def table(result: dict[str, Any]) -> str:
 def _handler(args: argparse.Namespace) -> int:
     settings = bench_settings(args)
     threads = profile_threads(settings, args.threads)
-    result = run_suite(settings, threads, args.seconds, args.frames, not args.no_mediapipe)
+    result = run_suite(
+        settings,
+        threads,
+        seconds=args.seconds,
+        frames=args.frames,
+        mediapipe=not args.no_mediapipe,
+    )
     emit(result, args.json, table)
     return 0

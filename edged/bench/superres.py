@@ -120,7 +120,7 @@ def ort_untiled(path: Path, image: np.ndarray[Any, Any], threads: int, runs: int
 
 
 def opencv_dnn(
-    path: Path, image: np.ndarray[Any, Any], threads: int, runs: int, work: Path, pb: Path | None
+    path: Path, image: np.ndarray[Any, Any], threads: int, runs: int, *, work: Path, pb: Path | None
 ) -> dict[str, Any]:
     import cv2
 
@@ -135,9 +135,15 @@ def opencv_dnn(
 
 
 def run_suite(
-    settings: Any, threads: int, size: tuple[int, int], runs: int, tile: int | None,
-    opencv: bool, pb: Path | None,
-) -> dict[str, Any]:  # fmt: skip
+    settings: Any,
+    threads: int,
+    size: tuple[int, int],
+    *,
+    runs: int,
+    tile: int | None = None,
+    opencv: bool = True,
+    pb: Path | None = None,
+) -> dict[str, Any]:
     settings = settings.model_copy(update={"threads": threads})
     path = _model_path(settings)
     image = bench_image(*size)
@@ -155,7 +161,7 @@ def run_suite(
     if opencv:
         with tempfile.TemporaryDirectory(prefix="edged-bench-sr-") as tmp:
             try:
-                result["opencv"] = opencv_dnn(path, image, threads, runs, Path(tmp), pb)
+                result["opencv"] = opencv_dnn(path, image, threads, runs, work=Path(tmp), pb=pb)
             except BackendUnavailable as exc:
                 result["opencv"] = {"error": str(exc)}
     else:
@@ -208,7 +214,13 @@ def _handler(args: argparse.Namespace) -> int:
     threads = profile_threads(settings, args.threads)
     size = (args.width, args.height)
     result = run_suite(
-        settings, threads, size, args.runs, args.tile, not args.no_opencv, args.pb
+        settings,
+        threads,
+        size,
+        runs=args.runs,
+        tile=args.tile,
+        opencv=not args.no_opencv,
+        pb=args.pb,
     )
     emit(result, args.json, table)
     return 0

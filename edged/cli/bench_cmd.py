@@ -10,7 +10,18 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES: tuple[str, ...] = ("memory", "generation", "latency", "stream", "fuzz", "superres")
+SUITES: tuple[str, ...] = (
+    "memory",
+    "generation",
+    "latency",
+    "stream",
+    "fuzz",
+    "soak",
+    "superres",
+    "quantization",
+    "swap",
+    "all",
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

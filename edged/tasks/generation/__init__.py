@@ -38,7 +38,7 @@ def resolve_model_dir(engine: Engine | None, name: str | None) -> Path:
     if engine is not None:
         try:
             entry = engine.catalog.get(name)
-        except Exception:  # not catalogued; try the search path
+        except ModelNotFound:  # not catalogued; try the search path
             entry = None
         for file in entry.files if entry is not None else []:
             located = engine.catalog.locate(file)

@@ -97,7 +97,7 @@ def _locate(engine: Engine | None, stem: str) -> Path:
     if engine is not None:
         try:
             entry = engine.catalog.get(stem)
-        except Exception:  # not catalogued: fall back to the search path below
+        except ModelNotFound:  # not catalogued: fall back to the search path below
             entry = None
         for file in entry.files if entry is not None else []:
             located = engine.catalog.locate(file)

@@ -39,6 +39,7 @@ def request_embeddings(
     """One ``text_encode`` round trip; raises SourceError naming the endpoint on failure."""
     import zmq
 
+    from edged.io.context import get_context
     from edged.io.protocol import encode_request
 
     endpoint = endpoint_of(url)
@@ -46,8 +47,7 @@ def request_embeddings(
     frames = encode_request(
         uuid.uuid4().hex, "text_encode", model=model, prompt=prompt, params=params or None
     )
-    ctx: Any = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
+    sock = get_context().socket(zmq.REQ)
     sock.linger = 0
     sock.rcvtimeo = timeout_ms
     sock.sndtimeo = timeout_ms

@@ -175,14 +175,11 @@ class Residency:
 
     @contextmanager
     def use(self, component: str, path: Path) -> Iterator[Session]:
-        """Hold ``component`` loaded for the block (pinned against eviction while held)."""
-        estimate = estimate_bytes(component, path, self.pixels)
-        if self.budget is not None and estimate > self.budget:
-            raise MemoryBudgetExceeded(
-                f"{component} of {self.root.name} needs ~{format_bytes(estimate)} but the "
-                f"memory budget is {format_bytes(self.budget)}: raise memory_budget or use a "
-                "quantized UNet (`edged models quantize --scheme int4-weights`)"
-            )
+        """Hold ``component`` loaded for the block (pinned against eviction while held).
+
+        With a pool, admission is the pool's (it charges measured load costs); the local
+        store refuses a component whose weights plus working memory exceed the budget.
+        """
         key = self.key(component, path)
         self._used[component] = key
         if self.pool is not None:
@@ -191,6 +188,13 @@ class Residency:
             ) as loaded:
                 yield loaded.session
             return
+        estimate = estimate_bytes(component, path, self.pixels)
+        if self.budget is not None and estimate > self.budget:
+            raise MemoryBudgetExceeded(
+                f"{component} of {self.root.name} needs ~{format_bytes(estimate)} but the "
+                f"memory budget is {format_bytes(self.budget)}: raise memory_budget or use a "
+                "quantized UNet (`edged models quantize --scheme int4-weights`)"
+            )
         with self._local.lock:
             yield self._local_acquire(key, path, estimate)
 

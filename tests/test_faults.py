@@ -1,0 +1,291 @@
+"""Faults injected under the RUNNING daemon (``python -m edged run`` as a subprocess).
+
+Covered elsewhere against the daemon, not repeated here: RTSP server killed and restarted
+(test_rtsp.py), kill -9 during inbox processing (test_service_daemon.py; extended below with
+repeated kills), the inbox dir vanishing (test_inbox.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edged.bench.fuzz import config_toml
+from edged.client import Client
+from edged.errors import EdgedError
+from edged.testing import make_tiny_sd_dir
+from edged.testing_daemon import (
+    Collector,
+    Daemon,
+    MjpegServer,
+    endpoints,
+    moving_frames,
+    wait_until,
+    write_video,
+)
+
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edged.service"
+FAST = {
+    "inbox_poll_s": 0.1,
+    "reconnect_initial_s": 0.2,
+    "reconnect_max_s": 1.0,
+    "open_timeout_s": 2.0,
+    "read_timeout_s": 2.0,
+}
+
+
+def start(
+    work: Path,
+    top: dict[str, Any],
+    streams: list[dict[str, Any]] | None = None,
+    service: dict[str, Any] | None = None,
+) -> Daemon:
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "edged.toml"
+    top = {"log_format": "json", **top}
+    sections = {"zmq": {"stats_interval_s": 0.5}, "service": {**FAST, **(service or {})}}
+    config.write_text(config_toml(top, sections, streams))
+    return Daemon(config, work).start()
+
+
+def noisy(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def drop(inbox: Path, name: str, image: np.ndarray) -> None:
+    """Write then rename: the inbox never sees a half-written file."""
+    tmp = inbox / f".{name}"
+    cv2.imwrite(str(tmp) + ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    Path(str(tmp) + ".png").rename(inbox / name)
+
+
+def listing(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
+# ---------------------------------------------------------------- model file corrupted
+
+
+def test_corrupted_model_fails_verification_and_other_models_keep_serving(
+    tmp_path: Path, shared_models: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("espcn_x2.onnx", "fsrcnn_x2.onnx", "selfie_segmentation.tflite"):
+        shutil.copy(shared_models / name, models / name)
+    corrupt = bytearray((models / "espcn_x2.onnx").read_bytes())
+    corrupt[len(corrupt) // 2] ^= 0x01  # one bit: same size, different sha256
+    (models / "espcn_x2.onnx").write_bytes(bytes(corrupt))
+    daemon = start(tmp_path / "d", {"model_dirs": [models]})
+    image = noisy(24, 24)
+    try:
+        requests, _ = endpoints()
+        with Client(requests, timeout_s=60) as client:
+            for _ in range(2):  # a failed verification is not cached as a success
+                with pytest.raises(EdgedError, match="sha256") as failure:
+                    client.request("superres", image, model="espcn_x2")
+                assert "espcn_x2" in str(failure.value)
+            up = client.request("superres", image, model="fsrcnn_x2")
+            assert next(iter(up.outputs.values())).shape == (48, 48, 3)
+            seg = client.request("segmentation", image, model="selfie_segmentation")
+            assert next(iter(seg.outputs.values())).shape[:2] == (24, 24)
+            assert client.stats()["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+    finally:
+        daemon.close()
+    assert "sha256" in daemon.log()
+
+
+# ---------------------------------------------------------------- backend cannot load
+
+
+def test_backend_that_cannot_load_falls_back_to_the_next_in_the_profile(
+    tmp_path: Path, shared_models: Path
+) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    # OpenVINO has no converter for the selfie model's Convolution2DTransposeBias op: a real
+    # load failure (the runtime is installed), not a missing backend.
+    (profiles / "ov-first.toml").write_text(
+        'name = "ov-first"\nprecision = "fp32"\n[backends]\n'
+        'segmentation = ["openvino:cpu", "litert:xnnpack"]\ndefault = ["onnx:cpu"]\n'
+    )
+    top = {"model_dirs": [shared_models], "profile": "ov-first", "profile_dirs": [profiles]}
+    daemon = start(tmp_path / "d", top)
+    try:
+        requests, _ = endpoints()
+        with Client(requests, timeout_s=60) as client:
+            reply = client.request("segmentation", noisy(32, 32), model="selfie_segmentation")
+            assert reply.backend == "litert:xnnpack"
+            assert next(iter(reply.outputs.values())).shape[:2] == (32, 32)
+    finally:
+        daemon.close()
+    lines = [line for line in daemon.log().splitlines() if "openvino:cpu" in line]
+    assert any("selfie_segmentation" in line and "OpenVINO" in line for line in lines), lines
+
+
+# ---------------------------------------------------------------- disk full
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.decode()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_disk_full_outbox_fails_jobs_with_reason_and_recovers_when_space_returns(
+    tmp_path: Path, shared_models: Path
+) -> None:
+    root = tmp_path / "box"
+    inbox = root / "inbox"
+    inbox.mkdir(parents=True)
+    with small_tmpfs(root / "outbox", "200k") as outbox:
+        (outbox / "filler").write_bytes(b"\0" * 190_000)
+        stream = {"name": "box", "source": f"dir:{inbox}", "task": "superres", "model": "espcn_x2"}
+        daemon = start(tmp_path / "d", {"model_dirs": [shared_models]}, [stream])
+        try:
+            for i in range(3):  # noise compresses badly: each result needs ~110 kB
+                drop(inbox, f"n{i}.png", noisy(96, 96, i))
+            failed = root / "failed"
+            assert wait_until(lambda: len(listing(failed)) == 6, 60), daemon.log()
+            assert listing(outbox) == ["filler"]  # no partial result, no temp file
+            assert listing(root / "done") == []
+            assert listing(root / "processing") == []
+            for i in range(3):
+                record = json.loads((failed / f"n{i}.png.error.json").read_text())
+                assert "No space left" in record["error"]["message"]
+            # Space comes back: the next input succeeds without a restart.
+            (outbox / "filler").unlink()
+            drop(inbox, "after.png", noisy(96, 96, 9))
+            assert wait_until((root / "done" / "after.png").exists, 60), daemon.log()
+            manifest = json.loads((outbox / "after.png.json").read_text())
+            assert all((outbox / o).is_file() for o in manifest["outputs"])
+            assert daemon.proc is not None
+            assert daemon.proc.poll() is None
+        finally:
+            daemon.close()
+
+
+# ---------------------------------------------------------------- camera disappears
+
+
+def test_cameras_that_disappear_go_down_and_retry_while_other_streams_flow(
+    tmp_path: Path, shared_models: Path
+) -> None:
+    video = write_video(tmp_path / "clip.avi", moving_frames(noisy(96, 96), 6, (48, 48)))
+    with MjpegServer(noisy(48, 64, 2), fps=10) as ipcam:
+        streams = [
+            # A V4L2 node that is not (or no longer) there, e.g. a USB camera unplugged.
+            {"name": "usb", "source": "/dev/video77", "task": "segmentation"},
+            {"name": "ipcam", "source": ipcam.url, "task": "segmentation", "max_fps": 4},
+            {
+                "name": "vid",
+                "source": str(video),
+                "task": "segmentation",
+                "loop": True,
+                "max_fps": 4,
+            },
+        ]
+        daemon = start(tmp_path / "d", {"model_dirs": [shared_models]}, streams)
+        requests, results = endpoints()
+        collector = Collector(results)
+        try:
+            assert collector.until(lambda m: m.topic == "ipcam.segmentation", 30), daemon.log()
+            # The IP camera dies: its TCP session stays open but no frame comes again.
+            ipcam.stall = True
+            ipcam.__exit__()
+            assert collector.until(lambda m: bool(collector.events("ipcam", "down")), 30)
+            vid_before = len(collector.results("vid.segmentation"))
+
+            def retrying(name: str) -> bool:
+                return len(collector.events(name, "reconnecting")) >= 2
+
+            assert collector.until(lambda m: retrying("ipcam") and retrying("usb"), 30)
+            assert collector.until(
+                lambda m: len(collector.results("vid.segmentation")) > vid_before + 2, 30
+            )
+            with Client(requests, timeout_s=30) as client:
+                reply = client.request("segmentation", noisy(32, 32))
+                assert next(iter(reply.outputs.values())).shape[:2] == (32, 32)
+                streams_stats = client.stats()["streams"]
+        finally:
+            collector.sub.close()
+            daemon.close()
+    assert collector.events("usb", "down")
+    assert streams_stats["ipcam"]["reconnects"] >= 2
+    assert streams_stats["usb"]["reconnects"] >= 2
+    assert streams_stats["vid"]["state"] == "up"
+    delays = [m.header["data"]["delay_s"] for m in collector.events("ipcam", "reconnecting")]
+    assert delays == sorted(delays)
+    assert max(delays) <= 1.0  # capped backoff
+
+
+# ---------------------------------------------------------------- SIGTERM during generation
+
+
+def unit_stop_timeout() -> float:
+    match = re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), re.M)
+    assert match, "systemd/edged.service has no TimeoutStopSec"
+    return float(match.group(1))
+
+
+def test_sigterm_during_generation_cancels_it_and_exits_0_within_the_stop_timeout(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    make_tiny_sd_dir(models / "tiny_sd")
+    daemon = start(tmp_path / "d", {"model_dirs": [models]}, service={"drain_timeout_s": 0.5})
+    requests, results = endpoints()
+    collector = Collector(results)
+    outcome: list[object] = []
+
+    def generate() -> None:  # far more steps than can run before the SIGTERM
+        params = {"width": 256, "height": 256, "steps": 100_000, "seed": 1}
+        with Client(requests, timeout_s=120) as client:
+            try:
+                outcome.append(
+                    client.request("generation", model="tiny_sd", prompt="a cat", params=params)
+                )
+            except EdgedError as exc:
+                outcome.append(exc)
+
+    caller = threading.Thread(target=generate)
+    try:
+        caller.start()
+        assert collector.until(
+            lambda m: m.topic == "events.generation" and m.header["data"]["step"] >= 3, 60
+        ), daemon.log()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=unit_stop_timeout()) == 0
+        caller.join(30)
+    finally:
+        collector.sub.close()
+        daemon.close()
+    assert len(outcome) == 1, outcome
+    assert isinstance(outcome[0], EdgedError), outcome
+    assert "shutting down" in str(outcome[0])
+    log = daemon.log()
+    # Clean: the generation noticed its cancel event and ended, so the engine was closed
+    # normally (no os._exit under a running job).
+    assert '"all_jobs_finished": true' in log, log[-2000:]
