@@ -244,6 +244,7 @@ class PeakSampler:
         self.peak = 0
         self.samples = 0
         self.over_limit = 0
+        self.worst_over = 0  # bytes of the highest sample above the limit
         self._mark_peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -280,6 +281,7 @@ class PeakSampler:
         self._mark_peak = max(self._mark_peak, value)
         if self.limit is not None and value > self.limit:
             self.over_limit += 1
+            self.worst_over = max(self.worst_over, value - self.limit)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

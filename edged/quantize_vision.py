@@ -61,8 +61,9 @@ MAX_TRIALS = 8
 MAX_FP32_SHARE = 0.25
 """Layers kept fp32 may hold at most this share of the compute weights (a proxy for MACs of
 stride-1 convs): a variant that is mostly fp32 would not be worth loading."""
-BIG_MODEL = 3_000_000
-"""Above this many bytes, calibrate and gate on centre crops rather than whole images."""
+BIG_MODEL = 1_000_000
+"""Above this many bytes: no layer-exclusion search, smaller calibration crops, and the
+gate on centre crops rather than whole images (each trial re-calibrates the model)."""
 PRECISION_OF: dict[str, Precision] = {
     "qdq-int8": "int8",
     "dynamic-int8": "int8",
@@ -326,7 +327,7 @@ def quantize_catalog_model(
 ) -> VisionQuantResult:
     """See the module doc. Raises ``GateFailed`` (with the numbers) when the gate fails."""
     from edged.fetch import pick_model_dir
-    from edged.quantize import SCHEMES, quantize_file
+    from edged.quantize import SCHEMES
 
     if scheme not in SCHEMES:
         raise BadRequest(f"unknown scheme {scheme!r}; one of {', '.join(SCHEMES)}")
@@ -345,17 +346,7 @@ def quantize_catalog_model(
     result = VisionQuantResult(name, src, dst, scheme, None)
     with tempfile.TemporaryDirectory(prefix=".quant-", dir=target_dir) as tmp:
         out = Path(tmp) / dst.name
-        try:
-            if scheme == "qdq-int8" and calib is not None:
-                work = Path(tmp) / "trials"
-                work.mkdir()
-                result.excluded, result.fidelity_db = calibrated_qdq(entry, src, out, calib, work)
-            else:
-                quantize_file(src, out, scheme)
-        except (BadRequest, ModelNotFound):
-            raise
-        except Exception as exc:
-            raise ModelLoadError(f"cannot quantize {name} with {scheme}: {exc}") from exc
+        _produce(entry, result, out, calib)
         if calib is not None:
             result.calibration = calib.describe()
             fp32, quant = _session(src), _session(out)
@@ -367,7 +358,7 @@ def quantize_catalog_model(
         if result.gate is not None and not result.gate.passed and not keep_failed:
             result.dst = None
             raise GateFailed(
-                f"{name} {scheme} refused by the accuracy gate on {len(calib.held_out) if calib else 0} "
+                f"{name} {scheme} refused by the accuracy gate on {result.gate.images} "
                 f"held-out images: {result.gate.summary()}; nothing was written "
                 "(--keep-failed keeps it, registered as failed)"
             )
@@ -384,6 +375,28 @@ def quantize_catalog_model(
     result.manifest = register_variant(settings, catalog, entry, new)
     log.info("variant_registered", model=name, path=str(dst), gate=new.gate)
     return result
+
+
+def _produce(
+    entry: ModelEntry, result: VisionQuantResult, out: Path, calib: CalibrationSet | None
+) -> None:
+    """Quantize ``result.src`` to ``out``: calibrated QDQ with layer exclusion, or the plain
+    ``edged.quantize`` schemes."""
+    from edged.quantize import quantize_file
+
+    try:
+        if result.scheme == "qdq-int8" and calib is not None:
+            work = out.parent / "trials"
+            work.mkdir()
+            result.excluded, result.fidelity_db = calibrated_qdq(
+                entry, result.src, out, calib, work
+            )
+        else:
+            quantize_file(result.src, out, result.scheme)
+    except (BadRequest, ModelNotFound):
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot quantize {entry.name} with {result.scheme}: {exc}") from exc
 
 
 def _scheme_text(scheme: str, calib: CalibrationSet | None, excluded: list[str]) -> str:

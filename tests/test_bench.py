@@ -32,8 +32,10 @@ def check_stats(stats: dict[str, Any], n: int) -> None:
 
 
 def check_machine(info: dict[str, Any]) -> None:
-    assert info["cores"] >= 1 and info["threads"] >= 1
-    assert info["cpu_model"] and info["versions"]["onnxruntime"]
+    assert info["cores"] >= 1
+    assert info["threads"] >= 1
+    assert info["cpu_model"]
+    assert info["versions"]["onnxruntime"]
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -50,8 +52,10 @@ def test_percentile_and_summary() -> None:
 
 def test_ratio_and_table_cells() -> None:
     assert common.ratio(3.0, 2.0) == 1.5
-    assert common.ratio(1.0, 0) is None and common.ratio(None, 1.0) is None
-    assert common.fmt_ratio(1.5) == "1.50x" and common.fmt_ratio(None) == "-"
+    assert common.ratio(1.0, 0) is None
+    assert common.ratio(None, 1.0) is None
+    assert common.fmt_ratio(1.5) == "1.50x"
+    assert common.fmt_ratio(None) == "-"
     table = common.md_table(["a", "b"], [[1.234, None], [True, "x"]])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | - |", "| yes | x |"]
 
@@ -59,7 +63,9 @@ def test_ratio_and_table_cells() -> None:
 def test_time_ns_warms_up_and_stops_at_the_time_bound() -> None:
     calls: list[int] = []
     samples = common.time_ns(lambda: calls.append(1), runs=5, warmup=2)
-    assert len(calls) == 7 and len(samples) == 5 and all(s >= 0 for s in samples)
+    assert len(calls) == 7
+    assert len(samples) == 5
+    assert all(s >= 0 for s in samples)
     bounded = common.time_ns(lambda: None, runs=1000, warmup=0, max_seconds=0)
     assert len(bounded) == 3
 
@@ -96,7 +102,8 @@ def test_stream_figures_count_gaps_as_drops() -> None:
     ]
     figures = stream.stream_figures(got, seconds=1.0)
     assert figures["dropped"] == 3  # 5, 7 and 8 never arrived
-    assert figures["frames"] == 4 and figures["fps"] == pytest.approx(10.0)
+    assert figures["frames"] == 4
+    assert figures["fps"] == pytest.approx(10.0)
     assert figures["e2e_p50_ms"] == pytest.approx(20.0)
     assert figures["capture_to_publish_p50_ms"] == pytest.approx(10.0)
 
@@ -132,10 +139,13 @@ def test_stream_suite_counts_published_frames(shared_models: Path, shared_images
     settings = common.bench_settings(_args())
     result = stream.run_suite(settings, 2, seconds=1.5, frames=8, mediapipe=False, warmup_s=0.5)
     edged, raw = result["edged"], result["raw_litert"]
-    assert edged["frames"] >= 2 and edged["fps"] > 0 and edged["dropped"] >= 0
+    assert edged["frames"] >= 2
+    assert edged["fps"] > 0
+    assert edged["dropped"] >= 0
     assert edged["backend"] == "litert:xnnpack"
     assert edged["e2e_p50_ms"] >= edged["capture_to_publish_p50_ms"] > 0
-    assert raw["frames"] == 8 and raw["fps"] > 0
+    assert raw["frames"] == 8
+    assert raw["fps"] > 0
     assert result["ratios"]["edged/raw_litert"] == pytest.approx(
         edged["fps"] / raw["fps"], rel=0.01
     )
@@ -150,11 +160,14 @@ def test_superres_suite_compares_tiled_with_untiled(
     argv = ["bench", "superres", "--width", "96", "--height", "64", "--runs", "1"]
     result = run_json(capsys, [*argv, "--tile", "40", "--no-opencv", "--json"])
     edged, ort = result["edged"], result["ort_untiled"]
-    assert edged["output"] == [128, 192, 3] and ort["output"] == [1, 1, 128, 192]
-    assert edged["tiles"] == 6  # 96x64 in 40 px cores: 3 x 2
-    assert edged["out_mpix_per_s"] > 0 and ort["out_mpix_per_s"] > 0
+    assert edged["output"] == [128, 192, 3]
+    assert ort["output"] == [1, 1, 128, 192]
+    assert edged["tile"] == [40, 40]
+    assert edged["tiles"] > 1
+    assert edged["out_mpix_per_s"] > 0
+    assert ort["out_mpix_per_s"] > 0
     assert result["ratios"]["edged/ort_untiled"] == pytest.approx(
-        edged["out_mpix_per_s"] / ort["out_mpix_per_s"], rel=0.01
+        edged["out_mpix_per_s"] / ort["out_mpix_per_s"], rel=0.01, abs=1e-3
     )
     assert result["opencv"] == {"skipped": "--no-opencv"}
     assert result["ratios"]["edged/opencv"] is None
@@ -190,9 +203,12 @@ def test_all_writes_json_markdown_and_the_readme_block(
     (saved,) = out.glob("*.json")
     assert json.loads(saved.read_text())["suites"]["superres"]["edged"]["out_mpix_per_s"] > 0
     md = saved.with_suffix(".md").read_text()
-    assert "## superres" in md and "out Mpix/s" in md
+    assert "## superres" in md
+    assert "out Mpix/s" in md
     text = readme.read_text()
-    assert "old" not in text and text.endswith(f"{END}\n\nafter\n") and "| superres |" in text
+    assert "old" not in text
+    assert text.endswith(f"{END}\n\nafter\n")
+    assert "| superres |" in text
 
 
 def test_all_records_a_failing_suite_instead_of_stopping(tmp_path: Path) -> None:
@@ -210,8 +226,8 @@ def test_all_records_a_failing_suite_instead_of_stopping(tmp_path: Path) -> None
     stem = write_results(result, tmp_path)
     assert "error: boom" in markdown(result)
     assert stem.with_suffix(".md").is_file()
+    (tmp_path / "R.md").write_text("no markers")
     with pytest.raises(ConfigError, match="bench:start"):
-        (tmp_path / "R.md").write_text("no markers")
         update_readme(tmp_path / "R.md", result, stem)
 
 

@@ -75,63 +75,73 @@ def listing(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
 
-# ---------------------------------------------------------------- model file corrupted
+# ---------------------------------------------------------------- model faults
 
 
-def test_corrupted_model_fails_verification_and_other_models_keep_serving(
-    tmp_path: Path, shared_models: Path
-) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
+@pytest.fixture(scope="module")
+def faulty(
+    tmp_path_factory: pytest.TempPathFactory, shared_models: Path
+) -> Iterator[dict[str, Any]]:
+    """One daemon for both model faults: a corrupted file on disk, a backend that cannot load.
+
+    Model dir: copies of three real models, espcn_x2.onnx with one bit flipped. Profile
+    ``ov-first``: segmentation tries OpenVINO first, which has no converter for the selfie
+    model's Convolution2DTransposeBias op (a real load failure, the runtime is installed).
+    """
+    root = tmp_path_factory.mktemp("faulty")
+    models, profiles, work = root / "models", root / "profiles", root / "d"
+    for path in (models, profiles, work):
+        path.mkdir()
     for name in ("espcn_x2.onnx", "fsrcnn_x2.onnx", "selfie_segmentation.tflite"):
         shutil.copy(shared_models / name, models / name)
     corrupt = bytearray((models / "espcn_x2.onnx").read_bytes())
     corrupt[len(corrupt) // 2] ^= 0x01  # one bit: same size, different sha256
     (models / "espcn_x2.onnx").write_bytes(bytes(corrupt))
-    daemon = start(tmp_path / "d", {"model_dirs": [models]})
-    image = noisy(24, 24)
-    try:
-        requests, _ = endpoints()
-        with Client(requests, timeout_s=60) as client:
-            for _ in range(2):  # a failed verification is not cached as a success
-                with pytest.raises(EdgedError, match="sha256") as failure:
-                    client.request("superres", image, model="espcn_x2")
-                assert "espcn_x2" in str(failure.value)
-            up = client.request("superres", image, model="fsrcnn_x2")
-            assert next(iter(up.outputs.values())).shape == (48, 48, 3)
-            seg = client.request("segmentation", image, model="selfie_segmentation")
-            assert next(iter(seg.outputs.values())).shape[:2] == (24, 24)
-            assert client.stats()["pid"] == daemon.proc.pid  # type: ignore[union-attr]
-    finally:
-        daemon.close()
-    assert "sha256" in daemon.log()
-
-
-# ---------------------------------------------------------------- backend cannot load
-
-
-def test_backend_that_cannot_load_falls_back_to_the_next_in_the_profile(
-    tmp_path: Path, shared_models: Path
-) -> None:
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    # OpenVINO has no converter for the selfie model's Convolution2DTransposeBias op: a real
-    # load failure (the runtime is installed), not a missing backend.
     (profiles / "ov-first.toml").write_text(
         'name = "ov-first"\nprecision = "fp32"\n[backends]\n'
         'segmentation = ["openvino:cpu", "litert:xnnpack"]\ndefault = ["onnx:cpu"]\n'
     )
-    top = {"model_dirs": [shared_models], "profile": "ov-first", "profile_dirs": [profiles]}
-    daemon = start(tmp_path / "d", top)
+    top = {
+        "log_format": "json",
+        "model_dirs": [models],
+        "profile": "ov-first",
+        "profile_dirs": [profiles],
+    }
+    (work / "edged.toml").write_text(config_toml(top, {"service": FAST}))
+    # Explicit dirs: the per-test EDGED_* variables of conftest would otherwise win.
+    env = {f"EDGED_{k.upper()}": str(work / k) for k in ("runtime_dir", "state_dir", "cache_dir")}
+    daemon = Daemon(work / "edged.toml", work, env=env).start()
     try:
-        requests, _ = endpoints()
-        with Client(requests, timeout_s=60) as client:
-            reply = client.request("segmentation", noisy(32, 32), model="selfie_segmentation")
-            assert reply.backend == "litert:xnnpack"
-            assert next(iter(reply.outputs.values())).shape[:2] == (32, 32)
+        yield {"daemon": daemon, "requests": f"ipc://{work / 'runtime_dir'}/requests.sock"}
     finally:
         daemon.close()
-    lines = [line for line in daemon.log().splitlines() if "openvino:cpu" in line]
+
+
+def test_corrupted_model_fails_verification_and_other_models_keep_serving(
+    faulty: dict[str, Any],
+) -> None:
+    image = noisy(24, 24)
+    with Client(faulty["requests"], timeout_s=60) as client:
+        for _ in range(2):  # a failed verification is not cached as a success
+            with pytest.raises(EdgedError, match="sha256") as failure:
+                client.request("superres", image, model="espcn_x2")
+            assert "espcn_x2" in str(failure.value)
+        up = client.request("superres", image, model="fsrcnn_x2")
+        assert next(iter(up.outputs.values())).shape == (48, 48, 3)
+        seg = client.request("segmentation", image, model="selfie_segmentation")
+        assert next(iter(seg.outputs.values())).shape[:2] == (24, 24)
+        assert client.stats()["pid"] == faulty["daemon"].proc.pid
+    assert "sha256" in faulty["daemon"].log()
+
+
+def test_backend_that_cannot_load_falls_back_to_the_next_in_the_profile(
+    faulty: dict[str, Any],
+) -> None:
+    with Client(faulty["requests"], timeout_s=60) as client:
+        reply = client.request("segmentation", noisy(32, 32), model="selfie_segmentation")
+        assert reply.backend == "litert:xnnpack"
+        assert next(iter(reply.outputs.values())).shape[:2] == (32, 32)
+    lines = [line for line in faulty["daemon"].log().splitlines() if "openvino:cpu" in line]
     assert any("selfie_segmentation" in line and "OpenVINO" in line for line in lines), lines
 
 
@@ -232,7 +242,9 @@ def test_cameras_that_disappear_go_down_and_retry_while_other_streams_flow(
         finally:
             collector.sub.close()
             daemon.close()
-    assert collector.events("usb", "down")
+    # (Its first "down" went out before this subscriber joined; the retries did not.)
+    assert streams_stats["usb"]["state"] in ("down", "reconnecting")
+    assert streams_stats["ipcam"]["state"] in ("down", "reconnecting")
     assert streams_stats["ipcam"]["reconnects"] >= 2
     assert streams_stats["usb"]["reconnects"] >= 2
     assert streams_stats["vid"]["state"] == "up"
@@ -261,7 +273,7 @@ def test_sigterm_during_generation_cancels_it_and_exits_0_within_the_stop_timeou
     outcome: list[object] = []
 
     def generate() -> None:  # far more steps than can run before the SIGTERM
-        params = {"width": 256, "height": 256, "steps": 100_000, "seed": 1}
+        params = {"width": 256, "height": 256, "steps": 1000, "seed": 1}
         with Client(requests, timeout_s=120) as client:
             try:
                 outcome.append(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.bench.fuzz import LiveDaemon, check_reply, fuzz_config_toml, run_fuzz
+from edged.bench.fuzz import LiveDaemon, check_reply, fuzz_daemon, run_fuzz
 from edged.bench.fuzz_cases import Case
 from edged.client import Client
 
@@ -21,8 +21,7 @@ REQUESTS = 5000
 
 @pytest.fixture
 def daemon(tmp_path: Path, shared_models: Path) -> LiveDaemon:
-    work = tmp_path / "fz"
-    return LiveDaemon(work, fuzz_config_toml(work, [shared_models]))
+    return fuzz_daemon(tmp_path / "fz", [shared_models])
 
 
 def test_5k_fuzzed_requests_get_exactly_one_structured_reply_each(daemon: LiveDaemon) -> None:
@@ -48,6 +47,9 @@ def test_5k_fuzzed_requests_get_exactly_one_structured_reply_each(daemon: LiveDa
     assert report.codes["internal"] == 0, summary["internal_examples"]
     # The generator reached every path: results, every client-error class, every case kind.
     assert report.ok > 100
+    # Valid images reached the models, valid prompts the tokenizer and the tiny SD model.
+    assert report.ok_kinds["image"] > 50
+    assert report.ok_kinds["prompt"] > 10
     assert {"bad_request", "too_large", "unknown_model"} <= set(report.codes)
     assert set(report.kinds) >= {"builtin", "bytes", "json", "header", "image", "prompt", "big"}
     # The daemon's own books agree: every request counted, none dropped, nothing in flight.

@@ -1,4 +1,4 @@
-"""Reduced soak: 240 mixed jobs through the RUNNING daemon with a budget that forces the pool
+"""Reduced soak: 180 mixed jobs through the RUNNING daemon with a budget that forces the pool
 to keep swapping models; no job lost, RSS flat after warm-up, no fd/thread growth.
 
 Mix: selfie segmentation, SR (edged_sr_x2 or fsrcnn_x2, espcn_x2), inpainting (opencv_telea and
@@ -13,20 +13,22 @@ from pathlib import Path
 import cv2
 import pytest
 
+from edged.bench.fuzz import LiveDaemon
 from edged.bench.soak import DRIFT_LIMIT_MB, MIX, plot_rss, run_soak, soak_daemon
 
-JOBS = 240
+JOBS = 180
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, shared_models: Path) -> object:
+def daemon(tmp_path: Path, shared_models: Path) -> LiveDaemon:
     return soak_daemon(tmp_path / "sk", [shared_models], budget=24_000_000)
 
 
 def test_mixed_jobs_with_model_swapping_lose_nothing_and_do_not_leak(
-    daemon: object, tmp_path: Path
+    daemon: LiveDaemon, tmp_path: Path
 ) -> None:
-    with daemon as live:  # type: ignore[attr-defined]
+    with daemon as live:
+        assert live.proc is not None
         report = run_soak(live.requests_endpoint, live.proc.pid, jobs=JOBS, clients=3, seed=3)
         assert live.alive()
     result = report.as_dict()

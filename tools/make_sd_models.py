@@ -283,8 +283,11 @@ def main() -> int:
     parser.add_argument(
         "--attention-slice",
         type=int,
-        default=1,
-        help="UNet attention heads computed at once (0 = all: fastest, most memory)",
+        default=0,
+        help=(
+            "UNet attention heads computed at once (0 = all). 1 cut the 512x512 UNet peak "
+            "only from 2.0 to 1.7 GB in onnxruntime and made loading 17x slower"
+        ),
     )
     args = parser.parse_args()
 

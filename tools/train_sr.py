@@ -26,6 +26,7 @@ import hashlib
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -220,6 +221,45 @@ def train(args: argparse.Namespace) -> object:
     return model
 
 
+def refit_readout(model: object, seed: int, patches: int = 128, ridge: float = 1e-3) -> None:
+    """Least-squares refit of the linear read-out (last conv + skip conv) for MSE = PSNR.
+
+    Both are linear in fixed features (the body's penultimate activations and the input), so
+    the MSE-optimal weights on training patches are one ridge-regularised normal-equation
+    solve: a cheap, exact last step after the noisy L1/Adam steps.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    m: Any = model
+    last, channels = m.body[-1], m.body[-1].in_channels
+    rng = np.random.default_rng(seed + 2)
+    images = load_training_images()
+    dims = channels * 9 + 25 + 1
+    xtx = torch.zeros(dims, dims, dtype=torch.float64)
+    xty = torch.zeros(dims, SCALE * SCALE, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(patches // 16):
+            lr_np, hr_np = sample_batch(rng, images, 16, 48)
+            lr = torch.from_numpy(lr_np)
+            feats = m.body[:-1](lr)
+            cols = [
+                F.unfold(F.pad(feats, (1, 1, 1, 1), mode="replicate"), 3),
+                F.unfold(F.pad(lr, (2, 2, 2, 2), mode="replicate"), 5),
+                torch.ones(lr.shape[0], 1, lr.shape[2] * lr.shape[3]),
+            ]
+            x = torch.cat(cols, dim=1).permute(0, 2, 1).reshape(-1, dims).double()
+            y = F.pixel_unshuffle(torch.from_numpy(hr_np), SCALE)
+            y = y.permute(0, 2, 3, 1).reshape(-1, SCALE * SCALE).double()
+            xtx += x.T @ x
+            xty += x.T @ y
+        reg = ridge * torch.trace(xtx) / dims * torch.eye(dims, dtype=torch.float64)
+        w = torch.linalg.solve(xtx + reg, xty).float()
+        last.weight.copy_(w[: channels * 9].T.reshape(SCALE * SCALE, channels, 3, 3))
+        m.skip.weight.copy_(w[channels * 9 : channels * 9 + 25].T.reshape(SCALE * SCALE, 1, 5, 5))
+        last.bias.copy_(w[-1])
+
+
 def export_onnx(model: object, path: Path) -> None:
     import torch
 
@@ -305,12 +345,15 @@ def main() -> int:
     parser.add_argument("--oversample", type=int, default=1, help="edge-rich patch picking")
     parser.add_argument("--init", type=Path, default=None, help="start from this ONNX export")
     parser.add_argument("--loss", choices=["l1", "mse"], default="l1")
+    parser.add_argument("--refit", action="store_true", help="least-squares read-out refit")
     parser.add_argument("--seed", type=int, default=20260101)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set5", type=Path, default=None, help="Set5 HR dir, to print scores")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model = train(args)
+    if args.refit:
+        refit_readout(model, args.seed)
     fp32 = args.out / "edged_sr_x2.onnx"
     int8 = args.out / "edged_sr_x2_int8.onnx"
     export_onnx(model, fp32)

@@ -46,6 +46,7 @@ class FuzzReport:
     crashes: int = 0
     codes: Counter[str] = field(default_factory=Counter)
     kinds: Counter[str] = field(default_factory=Counter)
+    ok_kinds: Counter[str] = field(default_factory=Counter)
     internal_examples: list[str] = field(default_factory=list)
     malformed_examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -60,6 +61,7 @@ class FuzzReport:
             "malformed": self.malformed,
             "crashes": self.crashes,
             "cases": dict(sorted(self.kinds.items())),
+            "ok_by_case": dict(sorted(self.ok_kinds.items())),
             "internal_examples": self.internal_examples[:5],
             "malformed_examples": self.malformed_examples[:5],
             "seconds": round(self.seconds, 1),
@@ -183,6 +185,7 @@ def _receive(slot: _Slot, report: FuzzReport) -> None:
     verdict, why = check_reply(case, reply)
     if verdict == "ok":
         report.ok += 1
+        report.ok_kinds[case.kind] += 1
     elif verdict == "malformed":
         report.malformed += 1
         report.malformed_examples.append(f"{case.kind}: {why}")
@@ -260,6 +263,14 @@ def bench_model_dirs(settings: Settings) -> list[Path]:
     return [*dirs, shared] if shared.is_dir() and shared not in dirs else dirs
 
 
+def fuzz_daemon(work: Path, model_dirs: list[Path]) -> LiveDaemon:
+    """The daemon under fuzz: ``model_dirs`` plus a generated tiny SD model named ``tiny``."""
+    from edged.testing import make_tiny_sd_dir
+
+    make_tiny_sd_dir(work / "gen" / "tiny")
+    return LiveDaemon(work, fuzz_config_toml(work, [*model_dirs, work / "gen"]))
+
+
 class LiveDaemon(BenchDaemon):
     """A BenchDaemon whose config file is the given TOML text."""
 
@@ -304,7 +315,7 @@ def _handler(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
         with tempfile.TemporaryDirectory(prefix="edged-fuzz-") as tmp:
             work = Path(tmp)
-            daemon = LiveDaemon(work, fuzz_config_toml(work, bench_model_dirs(settings)))
+            daemon = fuzz_daemon(work, bench_model_dirs(settings))
             with daemon:
                 report = run_fuzz(
                     daemon.requests_endpoint,

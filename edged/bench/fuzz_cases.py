@@ -38,6 +38,23 @@ PARAM_KEYS = [
     *("radius", "method", "context", "min_window", "tile", "halo", "overlap", "scale"),
     *("threshold", "output", "opacity", "color", "background", "classes", "encoding"),
 ]
+SMALL_GEN = {"steps": 1, "width": 64, "height": 64}
+"""Generation params that keep a fuzzed request cheap (the tiny model ``tiny`` is real)."""
+GEN_PARAMS: list[dict[str, Any]] = [
+    {},
+    {},
+    {"model_dir": "/etc"},
+    {"decoder": "/etc/passwd.onnx"},
+    {"decoder": "taesd"},
+    {"steps": "many"},
+    {"steps": -1},
+    {"width": 10**9},
+    {"width": 65, "height": 63},
+    {"guidance_scale": "x"},
+    {"seed": 2**80},
+    {"negative_prompt": "\ud800" * 9},
+    {"residency": "nowhere"},
+]
 KINDS = ["builtin", "bytes", "json", "header", "image", "image", "image", "image", "prompt"]
 
 
@@ -76,6 +93,8 @@ class CaseGenerator:
             "big": self._big,
         }[kind]
         frames, rid_out = build(rid)
+        if rid_out is not None:
+            rid_out = _expected_id(frames[0])
         return Case(kind, frames, rid_out, self.rng.random() < 0.5)
 
     def _header(self, rid: str, task: str, **fields: Any) -> dict[str, Any]:
@@ -326,18 +345,9 @@ class CaseGenerator:
         header = self._header(
             rid,
             self.rng.choice(["generation", "text_encode"]),
-            model=self.rng.choice([None, *ODD_MODELS[1:5], "sd_turbo", "tiny"]),
+            model=self.rng.choice([None, *ODD_MODELS[1:5], "sd_turbo", "tiny", "tiny", "tiny"]),
             prompt=self._text(n),
-            params=self.rng.choice(
-                [
-                    {},
-                    {"steps": 1, "width": 64, "height": 64},
-                    {"model_dir": "/etc"},
-                    {"decoder": "/etc/passwd.onnx"},
-                    {"steps": "many"},
-                    {"width": 10**9},
-                ]
-            ),
+            params={**SMALL_GEN, **self.rng.choice(GEN_PARAMS)},
         )
         data = json.dumps(header, ensure_ascii=False).encode("utf-8", "surrogatepass")
         return [data], rid if len(data) <= 65536 else None
@@ -346,6 +356,18 @@ class CaseGenerator:
         size = self.rng.randint(self.max_frame_bytes + 1, int(self.max_frame_bytes * 1.5))
         header = self._header(rid, "segmentation", payloads=[{"name": "image", "encoding": "png"}])
         return [json.dumps(header).encode(), b"\0" * size], rid
+
+
+def _expected_id(header: bytes) -> str | None:
+    """The id a server must echo: the header's ``id`` as JSON decodes it (an escaped
+    surrogate pair is one code point), or None when the header is not UTF-8 JSON."""
+    try:
+        value = json.loads(header.decode("utf-8"))
+    except ValueError:
+        return None
+    if isinstance(value, dict) and _readable_id(value.get("id")):
+        return str(value["id"])
+    return None
 
 
 def _readable_id(value: Any) -> bool:

@@ -51,12 +51,23 @@ def latency_rows(s: dict[str, Any]) -> list[Row]:
 
 def stream_rows(s: dict[str, Any]) -> list[Row]:
     e, mp, raw = s.get("edged", {}), s.get("mediapipe", {}), s.get("raw_litert", {})
+    par = s.get("raw_litert_parallel", {})
+    extra: list[Row] = []
+    if "edged_raw" in s:
+        r = s["edged_raw"]
+        extra.append(["stream", "selfie fps with raw masks (vs MediaPipe)", r.get("fps"),
+                      mp.get("fps", "-"), fmt_ratio(ratio(r.get("fps"), mp.get("fps"))), ""])  # fmt: skip
+    if par:
+        extra.append(["stream", f"raw LiteRT, {par.get('interpreters')} x 1-thread interpreters "
+                      "in parallel (vs MediaPipe): the overlap ceiling", par.get("fps"),
+                      mp.get("fps", "-"), fmt_ratio(ratio(par.get("fps"), mp.get("fps"))), ""])  # fmt: skip
     return [
-        ["stream", "selfie 640x360 fps, daemon -> subscriber (vs MediaPipe 0.10.14)",
+        ["stream", "selfie 640x360 fps, daemon -> subscriber, PNG masks (vs MediaPipe 0.10.14)",
          e.get("fps"), mp.get("fps", mp.get("error", "-")),
          fmt_ratio(ratio(e.get("fps"), mp.get("fps"))), _goal(s, "stream fps")],
         ["stream", "selfie fps vs raw LiteRT loop (ceiling)", e.get("fps"), raw.get("fps"),
          fmt_ratio(ratio(e.get("fps"), raw.get("fps"))), ""],
+        *extra,
         ["stream", "capture -> subscriber latency p50 / frames dropped",
          f"{_ms(e.get('e2e_p50_ms'))} / {e.get('dropped')}", "-", "-", ""],
     ]  # fmt: skip

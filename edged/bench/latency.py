@@ -237,6 +237,7 @@ def run_suite(
     settings = settings.model_copy(update={"threads": threads})
     engine = Engine(settings)
     rows: list[dict[str, Any]] = []
+    ping: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="edged-bench-latency-") as tmp:
         bench_daemon = None
         if daemon:
@@ -251,6 +252,8 @@ def run_suite(
             for case in cases:
                 rows.append(measure_case(engine, client, case, rounds, runs))
             if client is not None:
+                # The transport floor: a built-in task answered by the server thread itself.
+                ping = summary_ms(time_ns(client.ping, runs=max(20, runs), warmup=3))
                 client.close()
         finally:
             if bench_daemon is not None:
@@ -263,6 +266,7 @@ def run_suite(
         "daemon": "edged run (subprocess), REQ client over ipc://" if daemon else None,
         "rounds": rounds,
         "runs_per_block": runs,
+        "ping": ping,
         "rows": rows,
         "goals": _goals(rows),
     }
@@ -320,6 +324,12 @@ def table(result: dict[str, Any]) -> str:
             ]
         )
     lines = [md_table(headers, rows)]
+    ping = result.get("ping")
+    if ping:
+        lines.append(
+            f"\nZeroMQ floor (ping, answered by the server thread): p50 {ping['p50_ms']:.2f} ms, "
+            f"p95 {ping['p95_ms']:.2f} ms."
+        )
     for g in result["goals"]:
         state = "met" if g["met"] else "NOT met"
         lines.append(f"\nGoal {g['goal']}: {g['value']:.2f} ms vs {g['target']:.2f} ms: {state}")

@@ -7,7 +7,7 @@ LaMa-IO model) and tiny text-to-image jobs. Every job must come back ``ok`` with
 the expected shape; a timeout or an error is a lost job. Every ``--sample`` jobs the daemon's
 RSS, open file descriptors and threads are read from ``/proc``. Verdicts: RSS drift (median
 of the last 10 % of samples minus the median of the first 10 % after warm-up) <= 30 MB,
-0 lost jobs, no growth of fds/threads. ``--plot`` draws RSS over jobs (with OpenCV).
+0 lost jobs, no growth of fds/threads (same medians). ``--plot`` draws RSS over jobs (with OpenCV).
 """
 
 from __future__ import annotations
@@ -55,20 +55,28 @@ class SoakReport:
     warmup_jobs: int = 0
 
     def verdict(self) -> dict[str, Any]:
+        """Drift and growth as medians of the first vs the last window after warm-up.
+
+        Medians, because a sample can land in the middle of a model load (one more thread
+        and file descriptor for a moment); a leak raises the whole tail, not one sample.
+        """
         after = [s for s in self.samples if s.jobs >= self.warmup_jobs] or self.samples
-        tenth = max(1, len(after) // 10)
-        head, tail = after[:tenth], after[-tenth:]
-        drift = statistics.median(s.rss_mb for s in tail) - statistics.median(
-            s.rss_mb for s in head
-        )
-        half = after[len(after) // 2 :]
+        window = max(3, len(after) // 10)
+        head, tail = after[:window], after[-window:]
+
+        def growth(key: str) -> float:
+            tail_m = statistics.median(float(getattr(s, key)) for s in tail)
+            return tail_m - statistics.median(float(getattr(s, key)) for s in head)
+
         return {
             "rss_warm_mb": round(statistics.median(s.rss_mb for s in head), 1),
             "rss_end_mb": round(statistics.median(s.rss_mb for s in tail), 1),
             "rss_max_mb": round(max(s.rss_mb for s in after), 1),
-            "rss_drift_mb": round(drift, 1),
-            "fds_growth": max(s.fds for s in half) - max(s.fds for s in head),
-            "threads_growth": max(s.threads for s in half) - max(s.threads for s in head),
+            "rss_drift_mb": round(growth("rss_mb"), 1),
+            "fds_growth": growth("fds"),
+            "threads_growth": growth("threads"),
+            "fds_range": [min(s.fds for s in after), max(s.fds for s in after)],
+            "threads_range": [min(s.threads for s in after), max(s.threads for s in after)],
         }
 
     def as_dict(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ The benchmark makes its own clip: 640x360 crops panning across a real photo
   after a warm-up: frames published per second, frames dropped (gaps in ``seq``), and the
   end-to-end latency from capture (the source's ``captured_at``) to the subscriber.
 - ``raw LiteRT loop`` (ceiling): the same frames through ``ai_edge_litert`` directly: resize,
-  invoke, resize back, threshold; no daemon, no publishing.
+  invoke, resize back, threshold; no daemon, no publishing. Also with N interpreters of one
+  thread each working on alternate frames: what overlapping frames would give.
 - ``MediaPipe`` (baseline): MediaPipe's own legacy ``SelfieSegmentation`` solution
   (mediapipe==0.10.14, in an isolated venv made on first use) on the same clip.
 
@@ -88,8 +89,8 @@ def read_frames(path: Path, count: int) -> list[np.ndarray[Any, Any]]:
     return out
 
 
-def raw_litert_loop(model_path: Path, frames: list[Any], threads: int) -> dict[str, Any]:
-    """The ceiling: interpreter calls with the least work around them."""
+def _segmenter(model_path: Path, threads: int) -> Any:
+    """One interpreter and a frame -> mask function around it (the least work possible)."""
     import cv2
 
     from edged.runtime.litert import _import_interpreter
@@ -109,6 +110,12 @@ def raw_litert_loop(model_path: Path, frames: list[Any], threads: int) -> dict[s
         big = cv2.resize(prob, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
         return (big >= 0.5).astype(np.uint8) * 255
 
+    return one
+
+
+def raw_litert_loop(model_path: Path, frames: list[Any], threads: int) -> dict[str, Any]:
+    """The ceiling of a one-frame-at-a-time pipeline: interpreter calls and nothing else."""
+    one = _segmenter(model_path, threads)
     for rgb in frames[:20]:
         one(rgb)
     per_frame: list[float] = []
@@ -123,6 +130,27 @@ def raw_litert_loop(model_path: Path, frames: list[Any], threads: int) -> dict[s
         "frames": len(frames),
         "frame_p50_ms": round(percentile(per_frame, 50), 3),
     }
+
+
+def raw_litert_parallel(model_path: Path, frames: list[Any], threads: int) -> dict[str, Any]:
+    """``threads`` interpreters of 1 thread each, frames in parallel: the ceiling of a
+    pipeline that overlaps frames instead of splitting one frame across cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, threads)
+    segmenters = [_segmenter(model_path, 1) for _ in range(workers)]
+    chunks = [frames[i::workers] for i in range(workers)]
+
+    def work(i: int) -> None:
+        for rgb in chunks[i]:
+            segmenters[i](rgb)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda i: [segmenters[i](f) for f in chunks[i][:10]], range(workers)))
+        start = time.perf_counter_ns()
+        list(pool.map(work, range(workers)))
+        seconds = (time.perf_counter_ns() - start) / 1e9
+    return {"fps": round(len(frames) / seconds, 2), "frames": len(frames), "interpreters": workers}
 
 
 def mediapipe_loop(clip: Path, frames: int) -> dict[str, Any]:
@@ -145,10 +173,26 @@ def collect(sub: Subscriber, warmup_s: float, seconds: float) -> list[tuple[floa
     return got
 
 
+def stream_encodings() -> list[str]:
+    """Mask encodings to measure: PNG (the default), and raw when streams can be told to."""
+    from edged.config import StreamSettings
+
+    return ["png", "raw"] if "encoding" in StreamSettings.model_fields else ["png"]
+
+
 def edged_stream(
-    settings: Any, clip: Path, threads: int, seconds: float, *, work: Path, warmup_s: float = 2.0
+    settings: Any,
+    clip: Path,
+    threads: int,
+    seconds: float,
+    *,
+    work: Path,
+    warmup_s: float = 2.0,
+    encoding: str = "png",
 ) -> dict[str, Any]:
     stream = {"name": "cam0", "source": str(clip), "task": "segmentation", "model": MODEL}
+    if encoding != "png":
+        stream["encoding"] = encoding
     daemon = BenchDaemon(
         work,
         model_dirs=list(settings.model_dirs),
@@ -203,11 +247,14 @@ def run_suite(
     with tempfile.TemporaryDirectory(prefix="edged-bench-stream-") as tmp:
         clip = make_clip(Path(tmp) / "clip.avi")
         result["clip"] = "640x360 MJPG, 150 frames panning over zidane.jpg, looped"
-        work = Path(tmp) / "daemon"
-        result["edged"] = edged_stream(
-            settings, clip, threads, seconds, work=work, warmup_s=warmup_s
-        )
-        result["raw_litert"] = raw_litert_loop(paths[0], read_frames(clip, frames), threads)
+        for enc in stream_encodings():
+            work = Path(tmp) / f"daemon-{enc}"
+            result["edged" if enc == "png" else f"edged_{enc}"] = edged_stream(
+                settings, clip, threads, seconds, work=work, warmup_s=warmup_s, encoding=enc
+            )
+        decoded = read_frames(clip, frames)
+        result["raw_litert"] = raw_litert_loop(paths[0], decoded, threads)
+        result["raw_litert_parallel"] = raw_litert_parallel(paths[0], decoded, threads)
         result["mediapipe"] = (
             _baseline(clip, frames) if mediapipe else {"skipped": "--no-mediapipe"}
         )
@@ -222,12 +269,13 @@ def _baseline(clip: Path, frames: int) -> dict[str, Any]:
 
 
 def _with_ratios(result: dict[str, Any]) -> dict[str, Any]:
-    fps = result["edged"]["fps"]
+    fps = max(float(result[k]["fps"]) for k in ("edged", "edged_raw") if k in result)
     mp_fps = result["mediapipe"].get("fps")
     result["ratios"] = {
         "edged/mediapipe": ratio(fps, mp_fps),
         "edged/raw_litert": ratio(fps, result["raw_litert"]["fps"]),
         "raw_litert/mediapipe": ratio(result["raw_litert"]["fps"], mp_fps),
+        "raw_litert_parallel/mediapipe": ratio(result["raw_litert_parallel"]["fps"], mp_fps),
     }
     r = result["ratios"]["edged/mediapipe"]
     result["goals"] = [
@@ -238,15 +286,22 @@ def _with_ratios(result: dict[str, Any]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     e, raw, mp = result["edged"], result["raw_litert"], result["mediapipe"]
+    par = result["raw_litert_parallel"]
     mp_note = mp.get("error") or mp.get("skipped")
     rows = [
-        ["edged run (stream -> PUB -> SUB)", e["fps"], e["dropped"], e["e2e_p50_ms"],
+        ["edged run (stream -> PUB -> SUB), PNG masks", e["fps"], e["dropped"], e["e2e_p50_ms"],
          e["e2e_p95_ms"], "1.00x"],
         ["raw LiteRT loop (no daemon)", raw["fps"], "-", raw["frame_p50_ms"], "-",
          fmt_ratio(ratio(raw["fps"], e["fps"]))],
+        [f"raw LiteRT, {par['interpreters']} interpreters x 1 thread, frames in parallel",
+         par["fps"], "-", "-", "-", fmt_ratio(ratio(par["fps"], e["fps"]))],
         ["MediaPipe 0.10.14 legacy SelfieSegmentation", mp.get("fps"), "-",
          mp.get("frame_p50_ms"), "-", fmt_ratio(ratio(mp.get("fps"), e["fps"]))],
     ]  # fmt: skip
+    if "edged_raw" in result:
+        r = result["edged_raw"]
+        rows.insert(1, ["edged run, raw masks", r["fps"], r["dropped"], r["e2e_p50_ms"],
+                        r["e2e_p95_ms"], fmt_ratio(ratio(r["fps"], e["fps"]))])  # fmt: skip
     headers = [
         "pipeline (640x360 selfie)",
         "fps",
