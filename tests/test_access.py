@@ -220,3 +220,32 @@ def test_size_and_pixel_limits_are_enforced_before_decoding(served: dict[str, An
         huge.request("segmentation", PNG_MAGIC + b"\0" * 250_000)
     with Client(requests, timeout_s=20) as client:
         assert client.ping()["protocol"] == 1
+
+
+def test_confine_follows_symlinks_and_only_generation_looks_at_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edged.io.confine import confine_paths
+    from edged.tasks.base import TaskRequest
+
+    models, outside = tmp_path / "models", tmp_path / "outside"
+    (models / "real_sd").mkdir(parents=True)
+    outside.mkdir()
+    (models / "link").symlink_to(outside)  # a link inside model_dirs that points out
+
+    def check(task: str, model: str | None, **params: Any) -> None:
+        confine_paths(TaskRequest(task=task, model=model, params=params), [models])
+
+    check("generation", str(models / "real_sd"))
+    check("generation", "real_sd", model_dir=str(models / "real_sd"))
+    with pytest.raises(BadRequest, match="outside"):
+        check("generation", str(models / "link"))
+    with pytest.raises(BadRequest, match=r"params\.decoder"):
+        check("generation", "real_sd", decoder=str(models / "link" / "x.onnx"))
+    with pytest.raises(BadRequest, match="must be a string"):
+        check("generation", "real_sd", model_dir=["/etc"])
+    # A bare name that exists relative to the daemon's cwd is a path for generation only.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadRequest, match="outside"):
+        check("text_encode", "outside")
+    check("segmentation", "outside")  # a catalogue key there: unknown_model later, not a path

@@ -22,7 +22,8 @@ def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, A
     code = main(argv)
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0, out
-    result: dict[str, Any] = json.loads(out[-1])
+    assert len(out) == 1  # --json: one object on stdout, logs on stderr
+    result: dict[str, Any] = json.loads(out[0])
     return result
 
 

@@ -92,6 +92,9 @@ def test_native_windows_paste_the_model_output_at_the_right_place(
     )
     out, hole = result.outputs["image"], mask > 127
     assert sorted(result.meta["windows"]) == [[0, 188, 512, 700], [888, 0, 1400, 512]]
+    assert result.backend.split(":")[0] in ("onnx", "openvino", "litert")
+    assert set(result.latency_ms) == {"pre", "run", "post", "total"}
+    assert result.latency_ms["run"] > 0
     pattern = inpaint_pattern()
     expected = image.copy()
     for x0, y0, x1, y1 in result.meta["windows"]:

@@ -19,6 +19,7 @@ import datetime as dt
 import importlib
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -33,13 +34,14 @@ from edged.cli.common import print_json
 from edged.errors import ConfigError
 
 SUITE_ARGS: dict[str, list[str]] = {
-    "latency": ["--rounds", "3", "--runs", "30"],
+    "latency": ["--rounds", "3", "--runs", "30", "--block-seconds", "1"],
     "stream": ["--seconds", "8", "--frames", "300"],
-    "superres": ["--runs", "3"],
-    "swap": ["--rounds", "2", "--cycles", "20"],
-    "memory": ["--budget", "400M", "--cycles", "2"],
+    "superres": ["--runs", "2"],
+    "swap": ["--rounds", "1", "--cycles", "20"],
+    "memory": ["--budget", "600M", "--cycles", "1"],
     "generation": ["--size", "128", "--steps", "1"],
-    "quantization": ["--models", "espcn_x2", "--runs", "5", "--size", "64"],
+    # --no-record: a benchmark run must not change what the loader picks afterwards.
+    "quantization": ["--models", "espcn_x2", "--runs", "5", "--size", "64", "--no-record"],
 }
 """Reduced sizes so the whole run stays well under 10 minutes on a 2-core machine."""
 QUICK_ARGS: dict[str, list[str]] = {
@@ -109,10 +111,21 @@ def _tiny_sd(work: Path) -> Path:
     return make_tiny_sd_dir(work / "tiny-sd")
 
 
-def run_one(argv: list[str], timeout: float) -> dict[str, Any]:
+def child_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment of the suites: ``EDGED_MODEL_DIRS`` carries ``--model-dir`` and the
+    shared models dir to suites that take no ``--model-dir`` of their own."""
+    from edged.bench.common import bench_settings
+
+    dirs = [str(d) for d in bench_settings(args).model_dirs]
+    return {**os.environ, "EDGED_MODEL_DIRS": json.dumps(dirs)}
+
+
+def run_one(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:g} s", "seconds": timeout}
     seconds = round(time.perf_counter() - start, 1)
@@ -133,11 +146,12 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     names = plan(args)
     started = time.perf_counter()
     suites: dict[str, Any] = {}
+    env = child_env(args)
     with tempfile.TemporaryDirectory(prefix="edged-bench-all-") as tmp:
         for name in names:
             argv = _suite_argv(name, args, Path(tmp))
             print(f"edged bench {name} ...", file=sys.stderr, flush=True)
-            suites[name] = run_one(argv, timeout=900)
+            suites[name] = run_one(argv, timeout=900, env=env)
     goals = [{"suite": name, **g} for name, r in suites.items() for g in r.get("goals", []) or []]
     return {
         "suite": "all",

@@ -130,6 +130,19 @@ def generation_rows(s: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def quantization_rows(s: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for r in s.get("rows", []):
+        if r.get("int8_ms") is None or r.get("fp32_ms") is None:
+            continue
+        gate = r.get("gate") or {}
+        verdict = "" if not gate else "gate passed" if gate.get("passed") else "gate failed"
+        rows.append(["quantization", f"{r['model']}@{r['backend']} int8 ({r.get('int8_file')}) "
+                     "ms vs fp32", _ms(r["int8_ms"]), _ms(r["fp32_ms"]),
+                     fmt_ratio(ratio(r["int8_ms"], r["fp32_ms"])), verdict])  # fmt: skip
+    return rows
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "latency": latency_rows,
     "stream": stream_rows,
@@ -137,6 +150,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "swap": swap_rows,
     "memory": memory_rows,
     "generation": generation_rows,
+    "quantization": quantization_rows,
 }
 
 

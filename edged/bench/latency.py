@@ -91,6 +91,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="measure this case instead of the defaults (repeatable)",
     )
     parser.add_argument("--no-daemon", action="store_true", help="skip (c)")
+    parser.add_argument(
+        "--block-seconds",
+        type=float,
+        default=BLOCK_SECONDS,
+        help="a block ends after this long (>= 3 samples): slow cases get fewer samples",
+    )
     parser.set_defaults(handler=_handler)
 
 
@@ -173,7 +179,13 @@ def _request_calls(
 
 
 def measure_case(
-    engine: Engine, client: Client | None, case: Case, rounds: int, runs: int
+    engine: Engine,
+    client: Client | None,
+    case: Case,
+    *,
+    rounds: int,
+    runs: int,
+    block_s: float = BLOCK_SECONDS,
 ) -> dict[str, Any]:
     image = bench_image(case.width, case.height)
     request = TaskRequest(case.task, case.model, image=image, backend=case.backend)
@@ -187,7 +199,7 @@ def measure_case(
     samples: dict[str, list[int]] = {k: [] for k in calls}
     for _ in range(rounds):
         for name, fn in calls.items():
-            samples[name] += time_ns(fn, runs=runs, warmup=2, max_seconds=BLOCK_SECONDS)
+            samples[name] += time_ns(fn, runs=runs, warmup=2, max_seconds=block_s)
             time.sleep(0.05)  # let runtime worker threads stop spinning before the next block
     return _case_result(client, case, samples, len(feeds), image)
 
@@ -233,6 +245,7 @@ def run_suite(
     rounds: int,
     runs: int,
     daemon: bool,
+    block_s: float = BLOCK_SECONDS,
 ) -> dict[str, Any]:
     settings = settings.model_copy(update={"threads": threads})
     engine = Engine(settings)
@@ -250,7 +263,9 @@ def run_suite(
         try:
             client = Client(bench_daemon.requests_endpoint, timeout_s=60) if bench_daemon else None
             for case in cases:
-                rows.append(measure_case(engine, client, case, rounds, runs))
+                rows.append(
+                    measure_case(engine, client, case, rounds=rounds, runs=runs, block_s=block_s)
+                )
             if client is not None:
                 # The transport floor: a built-in task answered by the server thread itself.
                 ping = summary_ms(time_ns(client.ping, runs=max(20, runs), warmup=3))
@@ -266,6 +281,7 @@ def run_suite(
         "daemon": "edged run (subprocess), REQ client over ipc://" if daemon else None,
         "rounds": rounds,
         "runs_per_block": runs,
+        "block_seconds": block_s,
         "ping": ping,
         "rows": rows,
         "goals": _goals(rows),
@@ -344,8 +360,16 @@ def _handler(args: argparse.Namespace) -> int:
     settings = bench_settings(args)
     threads = profile_threads(settings, args.threads)
     cases = tuple(parse_case(c) for c in args.case) if args.case else QUICK if args.quick else CASES
+    if args.block_seconds <= 0:
+        raise ConfigError("--block-seconds must be > 0")
     result = run_suite(
-        settings, threads, cases, rounds=args.rounds, runs=args.runs, daemon=not args.no_daemon
+        settings,
+        threads,
+        cases,
+        rounds=args.rounds,
+        runs=args.runs,
+        daemon=not args.no_daemon,
+        block_s=args.block_seconds,
     )
     emit(result, args.json, table)
     return 0

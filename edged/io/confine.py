@@ -16,6 +16,7 @@ from pathlib import Path
 from edged.errors import BadRequest
 from edged.tasks.base import TaskRequest
 
+DIR_TASKS = frozenset({"generation", "text_encode"})
 PATH_PARAMS = ("model_dir", "decoder")
 """Request params that the tasks treat as file-system paths."""
 
@@ -25,21 +26,25 @@ def confine_paths(request: TaskRequest, roots: Sequence[Path]) -> None:
     fields: list[tuple[str, object]] = [("model", request.model)]
     fields += [(f"params.{k}", request.params[k]) for k in PATH_PARAMS if k in request.params]
     allowed = [Path(os.path.realpath(r)) for r in roots]
+    # Only these tasks open a `model` given as a directory; elsewhere it is a catalogue key.
+    opens_dirs = request.task in DIR_TASKS
     for name, value in fields:
         if value is None:
             continue
         if not isinstance(value, str):
             raise BadRequest(f"{name} must be a string, got {type(value).__name__}")
-        if _is_path(value) and not _inside(value, allowed):
+        if _is_path(value, check_cwd=opens_dirs) and not _inside(value, allowed):
             raise BadRequest(
                 f"{name} {value!r} is a path outside the configured model_dirs; "
                 "name a catalogued model or put it under a model_dirs entry"
             )
 
 
-def _is_path(value: str) -> bool:
+def _is_path(value: str, *, check_cwd: bool) -> bool:
     if value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
         return True
+    if not check_cwd:
+        return False
     try:
         return Path(value).exists()  # relative to the daemon's working directory
     except (OSError, ValueError):

@@ -251,7 +251,7 @@ def run(
     entry = engine.catalog.get(name)
     if entry.task != "superres":
         raise BadRequest(f"model {name!r} is a {entry.task} model, not a superres one")
-    budget = engine.settings.memory_budget
+    budget = engine.pool.budget  # effective: settings, profile and cgroup limit combined
     with engine.acquire(name, backend=request.backend) as loaded:
         t_run = time.perf_counter()
         out, meta = upscale(

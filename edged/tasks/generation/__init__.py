@@ -45,7 +45,7 @@ def resolve_model_dir(engine: Engine | None, name: str | None) -> Path:
             if located is not None and located.is_dir():
                 return located
         for directory in engine.settings.model_search_path:
-            if (directory / name / "unet").is_dir():
+            if (directory / name / "text_encoder").is_dir() or (directory / name / "unet").is_dir():
                 return directory / name
     raise ModelNotFound(
         f"generation model {name!r} not found: give a model dir or add it to model_dirs"
@@ -67,22 +67,33 @@ def _residency(
     )
 
 
-def local_embedder(model: ModelDir, residency: Residency) -> EmbedFn:
-    tokenizer = ClipTokenizer(model.root / "tokenizer")
+def _text_encoder_path(root: Path) -> Path:
+    path = root / "text_encoder" / "model.onnx"
+    if not path.is_file():
+        raise ModelNotFound(f"{root}: missing text_encoder/model.onnx")
+    return path
+
+
+def local_embedder(root: Path, residency: Residency) -> EmbedFn:
+    tokenizer = ClipTokenizer(root / "tokenizer")
+    path = _text_encoder_path(root)
 
     def embed(prompt: str) -> npt.NDArray[np.float32]:
-        with residency.use("text_encoder", model.component("text_encoder")) as session:
+        with residency.use("text_encoder", path) as session:
             return run_text_encoder(session, tokenizer.encode(prompt))
 
     return embed
 
 
 def encode_text(engine: Engine | None, prompt: str, model_dir: Path) -> npt.NDArray[np.float32]:
-    """Prompt -> [1, 77, D] float32 embeddings (the ``text_encode`` request handler's work)."""
-    model = ModelDir.load(model_dir)
-    residency = _residency(engine, model, "auto", "vae") if engine else Residency(None, model_dir)
-    cache = embedding_cache(str(model.component("text_encoder")))
-    return cache.get_or_compute(prompt, local_embedder(model, residency))
+    """Prompt -> [1, 77, D] float32 embeddings (the ``text_encode`` request handler's work).
+
+    Needs only ``tokenizer/`` and ``text_encoder/``: an encoding server holds no UNet.
+    """
+    path = _text_encoder_path(model_dir)
+    threads = engine.settings.threads if engine is not None else None
+    residency = Residency(engine, model_dir, threads=threads, components={"text_encoder": path})
+    return embedding_cache(str(path)).get_or_compute(prompt, local_embedder(model_dir, residency))
 
 
 def _params(model: ModelDir, request: TaskRequest) -> GenParams:
@@ -134,7 +145,7 @@ def run(
         embed = remote_embed
         cache = embedding_cache(f"{remote}|{root}")
     else:
-        embed = local_embedder(model, residency)
+        embed = local_embedder(model.root, residency)
         cache = embedding_cache(str(model.component("text_encoder")))
     timings: dict[str, float] = {}
     hits = cache.hits
