@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import edged
 from edged.catalog import (
     Catalog,
     check_licence,
@@ -171,13 +172,18 @@ def test_verify_file_size_mismatch_and_cache(tmp_path: Path) -> None:
         verify_file(good, path)
 
 
+def _shipped_files() -> list[Path]:
+    """The project's own model files (edged/data/models), always on the search path."""
+    return sorted((Path(edged.__file__).parent / "data" / "models").glob("*.onnx"))
+
+
 def test_cli_verify_green_on_shared_models(shared_models: Path) -> None:
     result = edged_cli(
         "models", "verify", env={"EDGED_MODEL_DIRS": json.dumps([str(shared_models)])}
     )
     assert result.returncode == 0, result.stderr
     count = len([p for p in shared_models.iterdir() if p.suffix in {".onnx", ".tflite"}])
-    assert f"{count} files ok" in result.stdout
+    assert f"{count + len(_shipped_files())} files ok" in result.stdout
 
 
 def test_cli_verify_names_a_tampered_file(shared_models: Path, tmp_path: Path) -> None:
@@ -189,7 +195,7 @@ def test_cli_verify_names_a_tampered_file(shared_models: Path, tmp_path: Path) -
     assert result.returncode == 1
     assert "fsrcnn_x2.onnx" in result.stderr
     assert "espcn_x2.onnx" not in result.stderr
-    assert "1 files ok" in result.stdout
+    assert f"{1 + len(_shipped_files())} files ok, 1 problems" in result.stdout
 
 
 def test_cli_verify_named_model_not_installed_fails() -> None:

@@ -1,8 +1,8 @@
 """Faults injected under the RUNNING daemon (``python -m edged run`` as a subprocess).
 
-Covered elsewhere against the daemon, not repeated here: RTSP server killed and restarted
-(test_rtsp.py), kill -9 during inbox processing (test_service_daemon.py; extended below with
-repeated kills), the inbox dir vanishing (test_inbox.py).
+Also against the daemon elsewhere: RTSP reconnect and backoff (test_rtsp.py; the 5 s resume
+bound is checked here), a single kill -9 during inbox processing (test_service_daemon.py;
+extended here with a second kill during recovery), the inbox dir vanishing (test_inbox.py).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from edged.testing_daemon import (
     Collector,
     Daemon,
     MjpegServer,
+    RtspServer,
     endpoints,
     moving_frames,
+    rtsp_server_missing,
     wait_until,
     write_video,
 )
@@ -301,3 +303,100 @@ def test_sigterm_during_generation_cancels_it_and_exits_0_within_the_stop_timeou
     # Clean: the generation noticed its cancel event and ended, so the engine was closed
     # normally (no os._exit under a running job).
     assert '"all_jobs_finished": true' in log, log[-2000:]
+
+
+# ---------------------------------------------------------------- RTSP killed mid-stream
+
+
+def test_rtsp_killed_mid_stream_is_counted_and_resumes_within_5_s(
+    tmp_path: Path, shared_models: Path
+) -> None:
+    """test_rtsp.py proves reconnect and backoff; this bounds the resume time (issue 10: <= 5 s
+    after the server is back) and checks the outage is counted, not hidden."""
+    missing = rtsp_server_missing()
+    if missing:
+        pytest.skip(missing)
+    rtsp = RtspServer(tmp_path)
+    rtsp.start()
+    cam = {"name": "cam", "source": rtsp.url, "task": "segmentation", "max_fps": 5}
+    daemon = start(tmp_path / "d", {"model_dirs": [shared_models]}, [cam])
+    requests, results = endpoints()
+    collector = Collector(results)
+    try:
+        assert collector.until(lambda m: m.topic == "cam.segmentation", 30), daemon.log()
+        rtsp.stop()  # SIGKILL: no RTSP TEARDOWN, the session just dies
+        assert collector.until(lambda m: bool(collector.events("cam", "down")), 30)
+        ups = len(collector.events("cam", "up"))
+        rtsp.start()  # returns once the port listens
+        collector.pump()
+        seen = len(collector.results("cam.segmentation"))
+        # The bound of issue 10: backoff is capped at 1 s, so up + a result within 5 s.
+        assert collector.until(lambda m: len(collector.events("cam", "up")) > ups, 5)
+        assert collector.until(lambda m: len(collector.results("cam.segmentation")) > seen, 5)
+        with Client(requests, timeout_s=20) as client:
+            cam_stats = client.stats()["streams"]["cam"]
+    finally:
+        collector.sub.close()
+        daemon.close()
+        rtsp.stop()
+    assert cam_stats["reconnects"] >= 1
+    assert cam_stats["state"] == "up"
+    down = collector.events("cam", "down")[0].header["data"]
+    assert down["error"]  # the reason is published with the event
+    seqs = [m.header["seq"] for m in collector.results("cam.segmentation")]
+    assert seqs == sorted(seqs)  # numbering continues across the outage
+
+
+# ---------------------------------------------------------------- kill -9, twice
+
+
+def test_inbox_survives_kill_9_twice_including_during_recovery(
+    tmp_path: Path, shared_models: Path
+) -> None:
+    """Extends test_service_daemon's single kill -9: a second kill lands while the restarted
+    daemon is recovering the first one's claims; a third run settles everything exactly once."""
+    root = tmp_path / "box"
+    inbox = root / "inbox"
+    inbox.mkdir(parents=True)
+    names = set()
+    for i in range(20):
+        drop(inbox, f"in{i:02d}.png", noisy(320, 320, i))  # espcn x2: ~0.1 s each
+        names.add(f"in{i:02d}.png")
+    (inbox / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    names.add("bad.png")
+    stream = {"name": "box", "source": f"dir:{inbox}", "task": "superres", "model": "espcn_x2"}
+    top = {"model_dirs": [shared_models]}
+    done = root / "done"
+    first = start(tmp_path / "d", top, [stream])
+    try:
+        assert wait_until(lambda: len(list(done.glob("*.png"))) >= 2, 60), first.log()
+        first.kill()
+    finally:
+        first.close()
+
+    def unsettled() -> list[Path]:
+        return [*inbox.iterdir(), *(root / "processing").iterdir()]
+
+    assert unsettled()  # the first kill really interrupted the work
+    second = start(tmp_path / "d", top, [stream])
+    try:
+        second.kill()  # right at READY: recovery and the first new claims are interrupted
+    finally:
+        second.close()
+    assert unsettled()
+    third = start(tmp_path / "d", top, [stream])
+    try:
+        assert wait_until(lambda: not unsettled(), 90), third.log()
+        assert third.stop() == 0
+    finally:
+        third.close()
+    finished = {p.name for p in done.iterdir()}
+    failed = {p.name for p in (root / "failed").iterdir() if not p.name.endswith(".error.json")}
+    assert finished | failed == names
+    assert not finished & failed
+    assert failed == {"bad.png"}
+    outbox = root / "outbox"
+    manifests = sorted(p.name for p in outbox.glob("*.json"))
+    assert [m.removesuffix(".json") for m in manifests] == sorted(finished)
+    outputs = {o for m in manifests for o in json.loads((outbox / m).read_text())["outputs"]}
+    assert {p.name for p in outbox.iterdir()} == outputs | set(manifests)  # no dupes, no partials

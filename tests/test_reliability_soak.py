@@ -14,7 +14,7 @@ import cv2
 import pytest
 
 from edged.bench.fuzz import LiveDaemon
-from edged.bench.soak import DRIFT_LIMIT_MB, MIX, plot_rss, run_soak, soak_daemon
+from edged.bench.soak import DRIFT_LIMIT_MB, JITTER, MIX, plot_rss, run_soak, soak_daemon
 
 JOBS = 180
 
@@ -41,8 +41,8 @@ def test_mixed_jobs_with_model_swapping_lose_nothing_and_do_not_leak(
     assert result["pool"]["evictions"] >= 10
     assert result["pool"]["loads"] > len(MIX) + result["pool"]["evictions"] // 2
     assert result["rss_drift_mb"] <= DRIFT_LIMIT_MB
-    assert result["fds_growth"] <= 0
-    assert result["threads_growth"] <= 0
+    assert result["fds_growth"] <= JITTER
+    assert result["threads_growth"] <= JITTER
     assert result["passed"]
     # The report is plain JSON and the curve a readable PNG.
     assert json.loads(json.dumps(result))["samples"][-1]["jobs"] == JOBS

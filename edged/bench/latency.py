@@ -35,6 +35,7 @@ from edged.bench.common import (
     image_source,
     machine,
     md_table,
+    percentile,
     profile_threads,
     ratio,
     summary_ms,
@@ -163,8 +164,10 @@ def _raw_call(engine: Engine, request: TaskRequest, feeds: list[dict[str, Array]
 
 
 def _request_calls(
-    client: Client, case: Case, image: np.ndarray[Any, Any]
+    client: Client, case: Case, image: np.ndarray[Any, Any], in_daemon: list[float]
 ) -> dict[str, Callable[[], Any]]:
+    """(c) with PNG and with raw payloads; the raw replies' in-daemon ``Engine.run`` time
+    (``latency_ms.total``) goes to ``in_daemon`` so the request can be decomposed."""
     raw = (
         "image",
         "raw",
@@ -172,9 +175,14 @@ def _request_calls(
         {"shape": list(image.shape), "dtype": "uint8"},
     )
     common = {"model": case.model, "backend": case.backend}
+
+    def request_raw() -> None:
+        reply = client.call(case.task, payloads=[raw], encoding="raw", **common)
+        in_daemon.append(float(reply.latency_ms.get("total", 0.0)))
+
     return {
         "request_png": lambda: client.request(case.task, image=image, **common),  # type: ignore[arg-type]
-        "request_raw": lambda: client.call(case.task, payloads=[raw], encoding="raw", **common),
+        "request_raw": request_raw,
     }
 
 
@@ -190,18 +198,30 @@ def measure_case(
     image = bench_image(case.width, case.height)
     request = TaskRequest(case.task, case.model, image=image, backend=case.backend)
     feeds = record_feeds(engine, request)
+    if not feeds:
+        from edged.errors import ConfigError
+
+        raise ConfigError(f"{case.label}: the task made no runtime call, so there is no (a)")
     calls: dict[str, Callable[[], Any]] = {
         "raw": _raw_call(engine, request, feeds),
         "engine": lambda: engine.run(request),
     }
+    in_daemon: list[float] = []
     if client is not None:
-        calls.update(_request_calls(client, case, image))
+        calls.update(_request_calls(client, case, image, in_daemon))
     samples: dict[str, list[int]] = {k: [] for k in calls}
     for _ in range(rounds):
         for name, fn in calls.items():
             samples[name] += time_ns(fn, runs=runs, warmup=2, max_seconds=block_s)
             time.sleep(0.05)  # let runtime worker threads stop spinning before the next block
-    return _case_result(client, case, samples, len(feeds), image)
+    row = _case_result(client, case, samples, len(feeds), image)
+    if in_daemon:
+        inside = round(percentile(in_daemon, 50), 3)
+        row["daemon_engine_p50_ms"] = inside
+        # What the request adds around the daemon's own Engine.run: payload copies, the
+        # server thread, the scheduler hand-off to a worker, the reply's way back.
+        row["request_raw_outside_engine_ms"] = round(row["request_raw"]["p50_ms"] - inside, 3)
+    return row
 
 
 def _case_result(
@@ -340,6 +360,13 @@ def table(result: dict[str, Any]) -> str:
             ]
         )
     lines = [md_table(headers, rows)]
+    for r in result["rows"]:
+        if "daemon_engine_p50_ms" in r:
+            lines.append(
+                f"\n{r['model']}@{r['backend']}: raw request p50 {r['request_raw']['p50_ms']:.2f} ms "
+                f"= Engine.run inside the daemon {r['daemon_engine_p50_ms']:.2f} ms + "
+                f"{r['request_raw_outside_engine_ms']:.2f} ms around it (copies, threads, queue)."
+            )
     ping = result.get("ping")
     if ping:
         lines.append(

@@ -7,7 +7,7 @@ LaMa-IO model) and tiny text-to-image jobs. Every job must come back ``ok`` with
 the expected shape; a timeout or an error is a lost job. Every ``--sample`` jobs the daemon's
 RSS, open file descriptors and threads are read from ``/proc``. Verdicts: RSS drift (median
 of the last 10 % of samples minus the median of the first 10 % after warm-up) <= 30 MB,
-0 lost jobs, no growth of fds/threads (same medians). ``--plot`` draws RSS over jobs (with OpenCV).
+0 lost jobs, no growth of the fd/thread ceiling (see ``SoakReport.verdict``). ``--plot`` draws RSS over jobs (with OpenCV).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from edged.bench.fuzz import LiveDaemon, bench_model_dirs, config_toml, work_dir
 from edged.cli.common import add_common, print_json, settings_from_args
 
 DRIFT_LIMIT_MB = 30.0
+JITTER = 1
+"""fds/threads: one more than the early ceiling is a load caught mid-way, not a leak."""
 LAMA_SIZE = 128
 SR_MODEL = ["edged_sr_x2"]
 """The project's own SR model; ``fsrcnn_x2`` stands in when it is not in the catalogue."""
@@ -55,26 +57,30 @@ class SoakReport:
     warmup_jobs: int = 0
 
     def verdict(self) -> dict[str, Any]:
-        """Drift and growth as medians of the first vs the last window after warm-up.
+        """RSS drift (medians) and fd/thread growth (ceilings) after warm-up.
 
-        Medians, because a sample can land in the middle of a model load (one more thread
-        and file descriptor for a moment); a leak raises the whole tail, not one sample.
+        RSS: median of the last 10 % of samples minus the median of the first 10 %. fds and
+        threads jump by one while a model is being loaded (the file, a loader thread), so a
+        sample may or may not catch it: their ceiling over the last 10 % is compared with the
+        ceiling over the first half. A leak raises the ceiling with every load; jitter does not.
         """
         after = [s for s in self.samples if s.jobs >= self.warmup_jobs] or self.samples
         window = max(3, len(after) // 10)
-        head, tail = after[:window], after[-window:]
+        head, tail, first_half = after[:window], after[-window:], after[: len(after) // 2 or 1]
 
-        def growth(key: str) -> float:
-            tail_m = statistics.median(float(getattr(s, key)) for s in tail)
-            return tail_m - statistics.median(float(getattr(s, key)) for s in head)
+        def ceiling_growth(key: str) -> int:
+            top = max(int(getattr(s, key)) for s in tail)
+            return top - max(int(getattr(s, key)) for s in first_half)
 
+        warm = statistics.median(s.rss_mb for s in head)
+        end = statistics.median(s.rss_mb for s in tail)
         return {
-            "rss_warm_mb": round(statistics.median(s.rss_mb for s in head), 1),
-            "rss_end_mb": round(statistics.median(s.rss_mb for s in tail), 1),
+            "rss_warm_mb": round(warm, 1),
+            "rss_end_mb": round(end, 1),
             "rss_max_mb": round(max(s.rss_mb for s in after), 1),
-            "rss_drift_mb": round(growth("rss_mb"), 1),
-            "fds_growth": growth("fds"),
-            "threads_growth": growth("threads"),
+            "rss_drift_mb": round(end - warm, 1),
+            "fds_growth": ceiling_growth("fds"),
+            "threads_growth": ceiling_growth("threads"),
             "fds_range": [min(s.fds for s in after), max(s.fds for s in after)],
             "threads_range": [min(s.threads for s in after), max(s.threads for s in after)],
         }
@@ -92,8 +98,8 @@ class SoakReport:
             "passed": bool(verdict)
             and self.lost == 0
             and verdict["rss_drift_mb"] <= DRIFT_LIMIT_MB
-            and verdict["fds_growth"] <= 0
-            and verdict["threads_growth"] <= 0,
+            and verdict["fds_growth"] <= JITTER
+            and verdict["threads_growth"] <= JITTER,
             "pool": {
                 **{k: self.pool.get(k) for k in ("budget_bytes", "loads", "evictions", "hits")},
                 "resident": {m.get("key"): m.get("bytes") for m in self.pool.get("models", [])},
