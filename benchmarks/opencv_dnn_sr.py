@@ -20,12 +20,13 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 
-def timed(fn, runs: int, warmup: int = 1) -> list[float]:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[float]:
     for _ in range(warmup):
         fn()
     out = []
