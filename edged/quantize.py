@@ -129,6 +129,9 @@ def _dynamic(src: Path, dst: Path, external: bool, op_types: Sequence[str]) -> N
         op_types_to_quantize=list(op_types),
         weight_type=q.QuantType.QUInt8,
         use_external_data_format=external,
+        # Fused contrib ops (MultiHeadAttention from the transformers optimizer) defeat ONNX
+        # shape inference; their outputs are float, so say so instead of failing.
+        extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
     )
 
 

@@ -109,6 +109,20 @@ def test_stream_figures_count_gaps_as_drops() -> None:
     assert figures["capture_to_publish_p50_ms"] == pytest.approx(10.0)
 
 
+def test_stream_rounds_merge_to_medians() -> None:
+    rounds = [
+        {"fps": 10.0, "dropped": 0, "backend": "litert:xnnpack", "ok": True},
+        {"fps": 30.0, "dropped": 2, "backend": "litert:xnnpack", "ok": True},
+        {"fps": 20.0, "dropped": 1, "backend": "litert:xnnpack", "ok": False},
+    ]
+    merged = stream.merge_rounds(rounds)
+    assert merged["fps"] == 20.0
+    assert merged["dropped"] == 1.0
+    assert merged["fps_rounds"] == [10.0, 30.0, 20.0]
+    assert merged["backend"] == "litert:xnnpack"
+    assert merged["ok"] is True  # not a number: the first round's value
+
+
 # ---------------------------------------------------------------- suites, tiny configurations
 
 

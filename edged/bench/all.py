@@ -35,7 +35,7 @@ from edged.errors import ConfigError
 
 SUITE_ARGS: dict[str, list[str]] = {
     "latency": ["--rounds", "3", "--runs", "30", "--block-seconds", "1"],
-    "stream": ["--seconds", "8", "--frames", "300"],
+    "stream": ["--seconds", "6", "--frames", "300", "--rounds", "2"],
     "superres": ["--runs", "2"],
     "swap": ["--rounds", "1", "--cycles", "20"],
     "memory": ["--budget", "600M", "--cycles", "1"],
@@ -46,7 +46,7 @@ SUITE_ARGS: dict[str, list[str]] = {
 """Reduced sizes so the whole run stays well under 10 minutes on a 2-core machine."""
 QUICK_ARGS: dict[str, list[str]] = {
     "latency": ["--quick", "--rounds", "1", "--runs", "5"],
-    "stream": ["--seconds", "3", "--frames", "60", "--no-mediapipe"],
+    "stream": ["--seconds", "3", "--frames", "60", "--no-mediapipe", "--rounds", "1"],
     "superres": ["--runs", "1", "--width", "320", "--height", "180", "--no-opencv"],
     "swap": ["--rounds", "1", "--cycles", "2"],
 }

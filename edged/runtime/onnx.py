@@ -89,6 +89,14 @@ class OnnxConfig(StrictModel):
     optimized_cache: bool = Field(
         default=True, description="Save/load the optimised graph under the cache dir (CPU)."
     )
+    prepack: bool = Field(
+        default=True,
+        description=(
+            "Let kernels re-pack weights at load. Off for big external-data models: the weights "
+            "then stay memory-mapped from the file (a 0.85 GB int8 UNet loads at +0.08 GB RSS "
+            "instead of +0.38 GB) at a small speed cost."
+        ),
+    )
     qnn_backend_path: str = Field(default="libQnnHtp.so", description="QNN backend library.")
     qnn_performance_mode: str = Field(
         default="sustained_high_performance",
@@ -189,6 +197,8 @@ def _base_options(ort: Any, config: OnnxConfig) -> Any:
     # Errors only: saving an ORT_ENABLE_ALL graph warns on every cold load that it is
     # hardware specific, which is exactly why the cache key includes the CPU.
     opts.log_severity_level = 3
+    if not config.prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if config.threads:
         opts.intra_op_num_threads = config.threads
         opts.inter_op_num_threads = 1

@@ -171,7 +171,10 @@ class Residency:
 
     def _open(self, path: Path) -> Session:
         # No zero-input warm-up: a UNet warm-up costs a full step, and staged loads are used once.
-        return open_session(config_for("onnx:cpu", threads=self.threads), path, warmup=False)
+        # No weight pre-packing: external-data weights then stay mapped from the file instead
+        # of being copied (docs/generation.md has the measurement).
+        config = config_for("onnx:cpu", threads=self.threads).model_copy(update={"prepack": False})
+        return open_session(config, path, warmup=False)
 
     @contextmanager
     def use(self, component: str, path: Path) -> Iterator[Session]:
