@@ -117,7 +117,7 @@ def test_stream_rounds_merge_to_medians() -> None:
     ]
     merged = stream.merge_rounds(rounds)
     assert merged["fps"] == 20.0
-    assert merged["dropped"] == 1.0
+    assert merged["dropped"] == 1
     assert merged["fps_rounds"] == [10.0, 30.0, 20.0]
     assert merged["backend"] == "litert:xnnpack"
     assert merged["ok"] is True  # not a number: the first round's value

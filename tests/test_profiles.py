@@ -85,7 +85,9 @@ def _write_profile(directory: Path, name: str, body: str) -> None:
 def test_user_profile_dir_overrides_shipped(tmp_path: Path) -> None:
     user = tmp_path / "profiles"
     _write_profile(
-        user, "raspberry-pi-4", '[match]\narch = ["aarch64"]\nboard = ["Raspberry Pi 4"]\n'
+        user,
+        "raspberry-pi-4",
+        '[match]\narch = ["aarch64"]\nboard = ["Raspberry Pi 4"]\n'
         '[backends]\ndefault = ["onnx:cpu"]\n',
     )
     settings = load_settings(overrides={"profile_dirs": [str(user)]})
@@ -98,7 +100,9 @@ def test_user_profile_dir_overrides_shipped(tmp_path: Path) -> None:
 def test_equal_specificity_is_a_config_error(tmp_path: Path) -> None:
     user = tmp_path / "profiles"
     _write_profile(
-        user, "my-pi", '[match]\narch = ["aarch64"]\nboard = ["Raspberry Pi 4"]\n'
+        user,
+        "my-pi",
+        '[match]\narch = ["aarch64"]\nboard = ["Raspberry Pi 4"]\n'
         '[backends]\ndefault = ["onnx:cpu"]\n',
     )
     hw = probe(make_board(tmp_path / "b", "raspberry-pi-4"))
@@ -108,7 +112,10 @@ def test_equal_specificity_is_a_config_error(tmp_path: Path) -> None:
 
 def test_forced_profile_and_unknown_forced(tmp_path: Path) -> None:
     hw = probe(make_board(tmp_path, "generic-x86"))
-    assert select_profile(hw, load_profiles(), forced="raspberry-pi-5").profile.name == "raspberry-pi-5"
+    assert (
+        select_profile(hw, load_profiles(), forced="raspberry-pi-5").profile.name
+        == "raspberry-pi-5"
+    )
     with pytest.raises(ConfigError, match="no profile named 'nope'"):
         select_profile(hw, load_profiles(), forced="nope")
 
@@ -123,7 +130,10 @@ def test_unavailable_backends_are_named_in_reasons(tmp_path: Path) -> None:
 
 def _edged_profile(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edged", "profile", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "edged", "profile", *args],
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 

@@ -74,9 +74,15 @@ def test_time_embedding_stays_fp32_in_qdq(sd_dir: Path, tmp_path: Path) -> None:
     ]
 
 
-def test_quantized_model_dir_generates_a_close_image(sd_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fuse", [False, True])
+def test_quantized_model_dir_generates_a_close_image(
+    sd_dir: Path, tmp_path: Path, fuse: bool
+) -> None:
     out = tmp_path / "tiny-int8"
-    code = main(["models", "quantize", str(sd_dir), "--scheme", "dynamic-int8", "--out", str(out)])
+    flags = ["--fuse-attention"] if fuse else []
+    code = main(
+        ["models", "quantize", str(sd_dir), "--scheme", "dynamic-int8", "--out", str(out), *flags]
+    )
     assert code == 0
     assert "MatMulInteger" in op_counts(out / "unet" / "model.onnx")
     assert (out / "text_encoder").resolve() == (sd_dir / "text_encoder").resolve()

@@ -316,9 +316,12 @@ def merge_rounds(found: list[dict[str, Any]]) -> dict[str, Any]:
     merged = dict(found[0])
     for key, value in found[0].items():
         values = [r.get(key) for r in found]
-        numbers = [float(v) for v in values if isinstance(v, int | float)]
-        if not isinstance(value, bool) and len(numbers) == len(found):
-            merged[key] = round(statistics.median(numbers), 3)
+        if isinstance(value, bool):
+            continue
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            merged[key] = statistics.median_low(v for v in values if isinstance(v, int))
+        elif all(isinstance(v, int | float) for v in values):
+            merged[key] = round(statistics.median(float(v) for v in values if v is not None), 3)
     if "fps" in merged:
         merged["fps_rounds"] = [r.get("fps") for r in found]
     return merged

@@ -55,6 +55,11 @@ def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParse
         help="model dir: comma-separated components to quantize (unet,text_encoder)",
     )
     p.add_argument(
+        "--fuse-attention",
+        action="store_true",
+        help="model dir: fuse the UNet's attention into flash-attention MultiHeadAttention first",
+    )
+    p.add_argument(
         "--fp32-convs",
         action="store_true",
         help="leave convolutions fp32 (default: 8-bit conv weights with both int schemes)",
@@ -74,6 +79,9 @@ def _quantize(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"convs": not args.fp32_convs}
     if args.src.is_dir():
         kwargs["components"] = [c.strip() for c in args.components.split(",") if c.strip()]
+        kwargs["fuse_attention"] = args.fuse_attention
+    elif args.fuse_attention:
+        raise BadRequest("--fuse-attention applies to a generation model dir (its unet/)")
     if args.scheme == "int4-weights":
         kwargs["block_size"] = args.block_size
     report = quantize(args.src, args.out, args.scheme, **kwargs)
