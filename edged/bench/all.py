@@ -230,7 +230,7 @@ def update_readme(readme: Path, result: dict[str, Any], stem: Path | None) -> No
     block = "\n".join(
         [
             BEGIN,
-            f"Measured {result['machine']['date']} ({source}) on "
+            f"Measured with `{result['command']}` ({source}, {result['seconds']} s) on "
             + machine_line(result["machine"]),
             "",
             headline_table(result),
