@@ -35,7 +35,8 @@ from edged import imaging
 from edged.catalog import file_sha256
 from edged.catalog_schema import ModelEntry
 from edged.errors import BadRequest
-from edged.runtime.base import Array, Feeds, Session, TensorSpec
+from edged.runtime.base import Array, Session
+from edged.runtime.recording import RecordingSession
 
 Image = npt.NDArray[np.uint8]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -142,27 +143,6 @@ def sr_model_input(entry: ModelEntry, lr: Image) -> npt.NDArray[np.float32]:
         y = cv2.cvtColor(lr, cv2.COLOR_RGB2YCrCb)[..., :1]
         return np.ascontiguousarray(y.astype(np.float32) / np.float32(255.0))
     return np.ascontiguousarray(lr.astype(np.float32) / np.float32(255.0))
-
-
-class RecordingSession:
-    """Wraps a real session; keeps a copy of every feed it runs (the task's exact tensors)."""
-
-    def __init__(self, inner: Session) -> None:
-        self.inner = inner
-        self.backend = inner.backend
-        self.inputs: tuple[TensorSpec, ...] = inner.inputs
-        self.outputs: tuple[TensorSpec, ...] = inner.outputs
-        self.feeds: list[dict[str, Array]] = []
-
-    def run(self, feeds: Feeds) -> dict[str, Array]:
-        self.feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
-        return self.inner.run(feeds)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def resident_bytes(self) -> int | None:
-        return self.inner.resident_bytes()
 
 
 def sr_upscale_y(entry: ModelEntry, session: Session, lr: Image) -> npt.NDArray[np.float32]:

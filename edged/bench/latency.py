@@ -44,7 +44,8 @@ from edged.bench.common import (
 from edged.bench.daemon import BenchDaemon
 from edged.client import Client
 from edged.engine import Engine
-from edged.runtime.base import Array, Feeds, Session, TensorSpec
+from edged.runtime.base import Array
+from edged.runtime.recording import RecordingSession
 from edged.tasks.base import TaskRequest
 
 GOAL_MODEL = "selfie_segmentation"
@@ -114,27 +115,6 @@ def parse_case(text: str) -> Case:
             f"--case {text!r}: use TASK/MODEL@BACKEND:WxH, e.g. superres/espcn_x2@onnx:cpu:320x180"
         ) from None
     return Case(task, model, backend, width, height)
-
-
-class RecordingSession:
-    """Passes calls through to a session and keeps every feed it was given."""
-
-    def __init__(self, inner: Session) -> None:
-        self.inner = inner
-        self.backend = inner.backend
-        self.inputs: tuple[TensorSpec, ...] = inner.inputs
-        self.outputs: tuple[TensorSpec, ...] = inner.outputs
-        self.feeds: list[dict[str, Array]] = []
-
-    def run(self, feeds: Feeds) -> dict[str, Array]:
-        self.feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
-        return self.inner.run(feeds)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def resident_bytes(self) -> int | None:
-        return self.inner.resident_bytes()
 
 
 def record_feeds(engine: Engine, request: TaskRequest) -> list[dict[str, Array]]:
