@@ -135,6 +135,11 @@ class StreamSettings(StrictModel):
     every_nth: int = Field(default=1, ge=1, description="Process one frame in N.")
     max_fps: float | None = Field(default=None, gt=0, description="Upper bound on processed fps.")
     publish: bool = Field(default=True, description="Publish results on the PUB socket.")
+    encoding: Literal["png", "jpeg", "npy", "raw"] = Field(
+        default="png",
+        description="How result images are published: png/jpeg are compact; raw/npy skip "
+        "encoding (cheapest on ipc:// or loopback, several ms per 640x360 frame).",
+    )
     width: int | None = Field(default=None, gt=0, description="Camera capture width.")
     height: int | None = Field(default=None, gt=0, description="Camera capture height.")
     fps: float | None = Field(default=None, gt=0, description="Camera capture fps.")

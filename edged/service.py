@@ -309,7 +309,10 @@ class Service:
         if self.publisher is None:
             return
         # The publisher serialises its own sends; encoding runs on the caller's thread.
-        self.publisher.publish_result(stream, seq, result, captured_at=captured_at)
+        encoding = next((s.encoding for s in self.settings.streams if s.name == stream), "png")
+        self.publisher.publish_result(
+            stream, seq, result, captured_at=captured_at, payload_encoding=encoding
+        )
 
     def publish_event(self, name: str, data: dict[str, Any]) -> None:
         if self.publisher is None:

@@ -64,6 +64,7 @@ def test_daemon_lifecycle_requests_reload_and_sigterm(
         assert first.header["stream"] == "vid"
         (mask,) = first.arrays.values()
         assert mask.shape[:2] == (64, 64)
+        assert [p["encoding"] for p in first.header["payloads"]] == ["png"]
         # Requests are served while streams run; the watchdog is petted at half its period.
         with Client(requests, timeout_s=20) as client:
             reply = client.request("segmentation", image)
@@ -76,7 +77,8 @@ def test_daemon_lifecycle_requests_reload_and_sigterm(
 
         # SIGHUP: drop "vid", add "still"; "box" keeps running untouched.
         ups_before = len(collector.events("box", "up"))
-        still_cfg = {**vid, "name": "still", "source": str(still)}
+        # (published raw: no encoding cost; the stream setting reaches the PUB header)
+        still_cfg = {**vid, "name": "still", "source": str(still), "encoding": "raw"}
         toml_config(config, shared_models, [box, still_cfg], top={"warmup_models": ["espcn_x2"]})
         daemon.signal(signal.SIGHUP)
         assert daemon.notify.wait_for("RELOADING", "1", timeout=20)
@@ -84,6 +86,10 @@ def test_daemon_lifecycle_requests_reload_and_sigterm(
         assert int(reloading["MONOTONIC_USEC"]) > 0
         assert daemon.notify.wait_for("READY", "1", n=2, timeout=20)
         assert collector.until(lambda m: m.topic == "still.segmentation"), daemon.log()
+        still_result = collector.results("still.segmentation")[0]
+        assert [p["encoding"] for p in still_result.header["payloads"]] == ["raw"]
+        (still_mask,) = still_result.arrays.values()
+        assert still_mask.shape[:2] == image.shape[:2]
         assert collector.events("vid", "removed")
         # Model changes apply too: the new warm-up model was loaded (and announced).
         assert collector.until(
