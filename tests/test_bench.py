@@ -161,9 +161,10 @@ def test_stream_suite_counts_published_frames(shared_models: Path, shared_images
     assert edged["e2e_p50_ms"] >= edged["capture_to_publish_p50_ms"] > 0
     assert raw["frames"] == 8
     assert raw["fps"] > 0
-    assert result["ratios"]["edged/raw_litert"] == pytest.approx(
-        edged["fps"] / raw["fps"], rel=0.01
-    )
+    # Streams can publish PNG or raw masks; the headline ratio takes the faster of the two.
+    assert result["edged_raw"]["frames"] >= 2
+    best = max(edged["fps"], result["edged_raw"]["fps"])
+    assert result["ratios"]["edged/raw_litert"] == pytest.approx(best / raw["fps"], rel=0.01)
     assert result["ratios"]["edged/mediapipe"] is None
     assert result["goals"][0]["met"] is None  # no baseline, no verdict
     assert "MediaPipe: --no-mediapipe" in stream.table(result)

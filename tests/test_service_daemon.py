@@ -232,12 +232,17 @@ def test_sigterm_answers_a_job_that_outlives_the_drain_and_exits_0(
     daemon = Daemon(config, daemon_dir).start()
     outcome: list[object] = []
 
-    def slow_request() -> None:  # Real-ESRGAN x4: seconds per 128 px tile on this machine
+    # Real-ESRGAN x4 untiled on 320 px: one runtime call of tens of seconds, so the job cannot
+    # notice the cancel within the drain (0.3 s) plus the scheduler's cancel grace (2 s).
+    def slow_request() -> None:
         with Client(requests, timeout_s=60) as client:
             try:
                 outcome.append(
                     client.request(
-                        "superres", portrait(shared_images, 160), model="realesrgan-x4plus"
+                        "superres",
+                        portrait(shared_images, 320),
+                        model="realesrgan-x4plus",
+                        params={"tile": 0},
                     )
                 )
             except EdgedError as exc:
@@ -248,6 +253,8 @@ def test_sigterm_answers_a_job_that_outlives_the_drain_and_exits_0(
         caller.start()
         with Client(requests, timeout_s=10) as client:
             assert wait_until(lambda: client.stats()["scheduler"]["busy_workers"] == 1, 30)
+            # Loaded (and warmed up) means the long untiled run has started.
+            assert wait_until(lambda: client.stats()["pool"]["models"], 60)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
         caller.join(30)
