@@ -23,6 +23,7 @@ from typing import Any
 from edged.config import Settings, StreamSettings, load_settings
 from edged.engine import Engine, LoadedModel
 from edged.errors import EdgedError
+from edged.io.context import flush_and_term
 from edged.log import get_logger
 from edged.scheduler import Job, Scheduler
 from edged.sdnotify import Notifier
@@ -144,6 +145,8 @@ class Service:
             self.server.stop()
         if self.publisher is not None:
             self.publisher.close()
+        # Replies and results queued on the closed sockets must reach their peers before exit.
+        flush_and_term(self.settings.zmq.linger_ms / 1000 + 0.5)
         if self.engine is not None and finished:
             # Never free sessions under a job that is still running native code: the process
             # exit reclaims them instead.
