@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from edged.catalog_schema import ModelEntry, ModelFile
 from edged.errors import ConfigError, LicenceNotAllowed, ModelNotFound, ModelVerificationError
+from edged.schema import validation_problems
 
 if TYPE_CHECKING:
     from edged.config import Settings
@@ -64,7 +65,7 @@ def load_entry(path: Path) -> ModelEntry:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"catalogue {path}: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ConfigError(f"catalogue {path}: {problems}") from exc
 
 

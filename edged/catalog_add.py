@@ -28,6 +28,7 @@ from edged.catalog_schema import (
 )
 from edged.config import Settings
 from edged.errors import ConfigError, ModelNotFound
+from edged.schema import validation_problems
 
 _FORMATS: dict[str, Format] = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
 
@@ -150,12 +151,13 @@ def add_model(
             homepage=template.homepage if same and template else None,
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ConfigError(f"models add {path}: {problems}") from exc
-    return _write_manifest(settings, entry), entry
+    return write_user_manifest(settings, entry), entry
 
 
-def _write_manifest(settings: Settings, entry: ModelEntry) -> Path:
+def write_user_manifest(settings: Settings, entry: ModelEntry) -> Path:
+    """Write ``entry`` to ``{state_dir}/catalog/NAME.toml`` atomically (tmp + rename)."""
     directory = user_catalog_dir(settings.state_dir)
     directory.mkdir(parents=True, exist_ok=True)
     manifest = directory / f"{entry.name}.toml"

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from edged.memory import read_cgroup_memory
 from edged.schema import StrictModel
 
 # ISA flags that change which kernels a runtime can use; everything else in cpuinfo is noise.
@@ -253,35 +254,11 @@ def _meminfo(root: Path) -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-def _limit(text: str | None) -> int | None:
-    value = (text or "").strip()
-    if not value or value == "max":
-        return None
-    limit = int(value)
-    return (
-        None if limit >= 1 << 62 else limit
-    )  # cgroup v1 "unlimited" is a huge page-rounded number
-
-
 def cgroup_memory_max(root: Path) -> int | None:
-    """Tightest memory limit over the process's cgroup and its ancestors (v2, else v1)."""
-    limits: list[int] = []
-    bases: tuple[str, ...]
-    for line in (_read(root, "/proc/self/cgroup") or "").splitlines():
-        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
-        if hierarchy == "0" and controllers == "":
-            bases, filename = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"), "memory.max"
-        elif "memory" in controllers.split(","):
-            bases, filename = ("/sys/fs/cgroup/memory",), "memory.limit_in_bytes"
-        else:
-            continue
-        parts = [p for p in path.strip().split("/") if p]
-        for base in bases:
-            for depth in range(len(parts), -1, -1):
-                limit = _limit(_read(root, "/".join([base, *parts[:depth], filename])))
-                if limit is not None:
-                    limits.append(limit)
-    return min(limits) if limits else None
+    """Tightest memory limit over the process's cgroup and its ancestors (v1 memory
+    controller where mounted, else v2); the one cgroup reader is ``edged.memory``'s."""
+    cgroup = read_cgroup_memory(root)
+    return cgroup.max if cgroup is not None else None
 
 
 def probe(root: str | Path = "/") -> Hardware:

@@ -20,7 +20,7 @@ from edged.config import Settings
 from edged.errors import ConfigError
 from edged.hardware import Hardware, RuntimeDevices, probe, probe_runtimes
 from edged.runtime.base import split_backend
-from edged.schema import ByteSize, StrictModel
+from edged.schema import ByteSize, StrictModel, validation_problems
 
 DEFAULT_BUDGET = 1_500_000_000
 TASKS = ("segmentation", "superres", "inpainting", "generation")
@@ -111,7 +111,7 @@ def load_profile(path: Path) -> Profile:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"profile {path}: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ConfigError(f"profile {path}: {problems}") from exc
 
 

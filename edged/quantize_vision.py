@@ -40,7 +40,8 @@ from edged.calibration import (
     model_feeds,
     supports,
 )
-from edged.catalog import Catalog, dump_entry, file_sha256, user_catalog_dir
+from edged.catalog import Catalog, file_sha256
+from edged.catalog_add import write_user_manifest
 from edged.catalog_schema import ModelEntry, ModelFile, Precision
 from edged.config import Settings
 from edged.errors import BadRequest, ModelLoadError, ModelNotFound, ModelVerificationError
@@ -272,13 +273,7 @@ def register_variant(
     files = [f for f in entry.files if f.path != new.path]
     updated = entry.model_copy(update={"files": [*files, new]})
     ModelEntry.model_validate(updated.model_dump())  # the manifest must read back
-    directory = user_catalog_dir(settings.state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest = directory / f"{entry.name}.toml"
-    tmp = manifest.with_name(f".{manifest.name}.tmp")
-    tmp.write_text(dump_entry(updated, explicit=True), encoding="utf-8")
-    os.replace(tmp, manifest)
-    return manifest
+    return write_user_manifest(settings, updated)
 
 
 def record_gate(

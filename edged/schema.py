@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 _UNITS = {
     "": 1,
@@ -49,3 +49,8 @@ class StrictModel(BaseModel):
     """Base of every validated structure: unknown keys are errors, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """Every problem of a failed validation on one line: ``loc.path: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -7,12 +7,10 @@ extended here with a second kill during recovery), the inbox dir vanishing (test
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
 import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ import pytest
 from edged.bench.fuzz import config_toml
 from edged.client import Client
 from edged.errors import EdgedError
-from edged.testing import make_tiny_sd_dir
+from edged.testing import make_tiny_sd_dir, small_tmpfs
 from edged.testing_daemon import (
     Collector,
     Daemon,
@@ -148,22 +146,6 @@ def test_backend_that_cannot_load_falls_back_to_the_next_in_the_profile(
 
 
 # ---------------------------------------------------------------- disk full
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.decode()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_disk_full_outbox_fails_jobs_with_reason_and_recovers_when_space_returns(

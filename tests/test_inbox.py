@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -15,6 +12,7 @@ import pytest
 from edged.errors import BadRequest
 from edged.io.inbox import InboxDirs, InboxTicket, recover
 from edged.tasks.base import TaskResult
+from edged.testing import small_tmpfs
 
 
 @pytest.fixture
@@ -95,24 +93,8 @@ def test_recover_settles_every_crash_state(dirs: InboxDirs) -> None:
     assert listing(dirs.processing) == []
 
 
-@contextlib.contextmanager
-def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.decode()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_disk_full_outbox_fails_the_job_without_partial_files(tmp_path: Path) -> None:
-    with tiny_tmpfs(tmp_path / "full", "16k") as outbox:
+    with small_tmpfs(tmp_path / "full", "16k") as outbox:
         (outbox / "filler").write_bytes(b"\0" * 15_000)  # leave less than one output needs
         dirs = InboxDirs(tmp_path / "inbox", outbox)
         dirs.create()

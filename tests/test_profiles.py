@@ -13,7 +13,7 @@ from edged.config import load_settings
 from edged.errors import ConfigError
 from edged.hardware import RuntimeDevices, probe
 from edged.profiles import load_profiles, select_profile
-from edged.testing import BOARD_KINDS, make_board
+from edged.testing import BOARD_KINDS, make_board, make_cgroup_tree
 
 KNOWN = [k for k in BOARD_KINDS if k != "unknown-riscv"]
 
@@ -68,10 +68,8 @@ def test_cgroup_v2_limit_and_tighter_parent(tmp_path: Path) -> None:
 
 def test_cgroup_v1_memory_controller(tmp_path: Path) -> None:
     root = make_board(tmp_path, "generic-x86")
-    (root / "proc/self/cgroup").write_text("4:memory:/edged\n0::/\n")
+    make_cgroup_tree(root, version=1, cgroup="/edged", limits={"/edged": "600000000"})
     limit = root / "sys/fs/cgroup/memory/edged/memory.limit_in_bytes"
-    limit.parent.mkdir(parents=True)
-    limit.write_text("600000000\n")
     assert probe(root).cgroup_memory_max == 600_000_000
     limit.write_text("9223372036854771712\n")  # v1's "unlimited"
     assert probe(root).cgroup_memory_max is None

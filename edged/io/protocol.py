@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import ConfigDict, Field, ValidationError
@@ -29,16 +29,6 @@ MAX_HEADER_BYTES = 65_536
 """A header is a small JSON object; anything bigger is refused before parsing."""
 MAX_PROMPT_CHARS = 4096
 MAX_POINTS = 256
-TASKS = (
-    "segmentation",
-    "superres",
-    "inpainting",
-    "generation",
-    "text_encode",
-    "stats",
-    "models",
-    "ping",
-)
 BUILTIN_TASKS = ("ping", "stats", "models")
 WIRE_CODES = ("bad_request", "unknown_model", "too_large", "busy", "licence", "internal")
 
@@ -52,6 +42,7 @@ TaskName = Literal[
     "models",
     "ping",
 ]
+TASKS: tuple[str, ...] = get_args(TaskName)
 
 
 class _WireModel(StrictModel):

@@ -14,6 +14,7 @@ Everything public is re-exported here: ``from edged.testing import make_board``.
 from __future__ import annotations
 
 from edged.testing.boards import BOARD_KINDS, make_board, make_cgroup_tree
+from edged.testing.disk import small_tmpfs
 from edged.testing.generation import (
     TINY_WORDS,
     make_tiny_sd_dir,
@@ -100,6 +101,7 @@ __all__ = [
     "set5_score",
     "shared_images_dir",
     "shared_models_dir",
+    "small_tmpfs",
     "write_manifest",
     "write_tiny_clip_tokenizer",
     "y_psnr",

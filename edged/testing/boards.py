@@ -91,7 +91,6 @@ def make_board(
     files: dict[str, str] = {
         "proc/cpuinfo": _cpuinfo_text(family, ident, cores, flags),
         "proc/meminfo": f"MemTotal:       {mem_total_kb} kB\nMemFree:        1000 kB\n",
-        "proc/self/cgroup": "0::/system.slice/edged.service\n",
     }
     if "arch" in spec:
         files["proc/sys/kernel/arch"] = spec["arch"] + "\n"
@@ -109,14 +108,14 @@ def make_board(
         files[f"dev/{node}"] = ""
     for sysdir, vendor in spec.get("sysfs_vendor", {}).items():
         files[f"sys/{sysdir}/device/vendor"] = vendor + "\n"
-    files["sys/fs/cgroup/system.slice/edged.service/memory.max"] = (
-        "max\n" if cgroup_max is None else f"{cgroup_max}\n"
-    )
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return root
+    # cgroup v2 under systemd, as with the unit's MemoryMax=
+    unit = "/system.slice/edged.service"
+    limit = "max" if cgroup_max is None else str(cgroup_max)
+    return make_cgroup_tree(root, version=2, cgroup=unit, limits={unit: limit})
 
 
 BOARD_KINDS = tuple(_BOARDS)
