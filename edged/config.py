@@ -189,6 +189,34 @@ class GenerationSettings(StrictModel):
     )
 
 
+class QuantizationSettings(StrictModel):
+    """Accuracy-gate limits a quantized variant must meet (`[quantization]`, docs/quantization.md).
+
+    Finite numbers only: the limit used is stored with each gate result in the catalogue
+    (TOML) and ``quantization.json``, where ``inf`` is not portable JSON.
+    """
+
+    max_psnr_drop_db: float = Field(
+        default=0.3,
+        ge=0,
+        allow_inf_nan=False,
+        description="Super-resolution: most Y-PSNR (dB) a variant may lose against fp32.",
+    )
+    min_iou: float = Field(
+        default=0.97,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Segmentation: least IoU of the variant's person mask with fp32's.",
+    )
+    max_hole_drop_db: float = Field(
+        default=0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="Inpainting: most in-hole PSNR (dB) a variant may lose against fp32.",
+    )
+
+
 class Settings(BaseSettings):
     """Every setting edged has; see `edged config show --json` for the effective values."""
 
@@ -259,6 +287,10 @@ class Settings(BaseSettings):
     )
     service: ServiceSettings = Field(
         default_factory=ServiceSettings, description="Daemon scheduling and lifecycle."
+    )
+    quantization: QuantizationSettings = Field(
+        default_factory=QuantizationSettings,
+        description="Accuracy-gate limits of quantized variants.",
     )
 
     @field_validator("streams")

@@ -22,7 +22,7 @@ from edged.catalog_schema import ModelEntry, ModelFile
 from edged.config import Settings
 from edged.errors import BackendUnavailable, ModelLoadError, ModelNotFound, ModelVerificationError
 from edged.log import get_logger
-from edged.quantgate import precision_allowed
+from edged.precision_gate import precision_allowed
 from edged.runtime import config_for, open_session
 from edged.runtime.base import FORMAT_OF_RUNTIME, Session, split_backend
 

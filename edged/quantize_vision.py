@@ -10,7 +10,7 @@
    turn, the fidelity (PSNR of the variant's output against fp32's on the calibration feeds)
    is measured, and the exclusions that help most are kept greedily while they still gain
    ``MIN_GAIN_DB``;
-4. the accuracy gate (``edged.quantgate``) on the held-out split;
+4. the accuracy gate (``edged.quantgate``, limits from ``[quantization]``) on the held-out split;
 5. a passing variant is written next to the model files (first writable model dir) and added
    to NAME's catalogue entry as a user manifest (sha256, scheme, calibration hash, gate);
    a failing one is deleted and refused with the numbers (``--keep-failed`` keeps it).
@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
@@ -46,7 +45,7 @@ from edged.catalog_schema import ModelEntry, ModelFile, Precision
 from edged.config import Settings
 from edged.errors import BadRequest, ModelLoadError, ModelNotFound, ModelVerificationError
 from edged.log import get_logger
-from edged.quantgate import DEFAULTS, GateResult, Thresholds, gate_for, psnr
+from edged.quantgate import DEFAULTS, GateResult, Thresholds, gate_for, psnr, thresholds_from
 from edged.runtime import config_for, open_session
 from edged.runtime.base import Array, Session
 
@@ -87,6 +86,7 @@ class VisionQuantResult:
     fidelity_db: float | None = None
     manifest: Path | None = None
     calibration: dict[str, Any] | None = None
+    note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +99,7 @@ class VisionQuantResult:
             "gate": self.gate.as_dict() if self.gate else None,
             "manifest": str(self.manifest) if self.manifest else None,
             "calibration": self.calibration,
+            **({"note": self.note} if self.note else {}),
         }
 
 
@@ -316,11 +317,13 @@ def quantize_catalog_model(
     scheme: str,
     calibration: Path | None,
     *,
-    thresholds: Thresholds = DEFAULTS,
+    thresholds: Thresholds | None = None,
     keep_failed: bool = False,
     out_dir: Path | None = None,
 ) -> VisionQuantResult:
-    """See the module doc. Raises ``GateFailed`` (with the numbers) when the gate fails."""
+    """See the module doc. Raises ``GateFailed`` (with the numbers) when the gate fails.
+
+    ``thresholds`` default to ``settings``' ``[quantization]`` limits."""
     from edged.fetch import pick_model_dir
     from edged.quantize import SCHEMES
 
@@ -336,8 +339,8 @@ def quantize_catalog_model(
             "preprocessing for calibration; quantize it without --calibration"
         )
     crop = 96 if src.stat().st_size > BIG_MODEL else None
-    target_dir = out_dir or pick_model_dir(settings)
-    dst = target_dir / variant_name(src, scheme)
+    dst = _destination(out_dir or pick_model_dir(settings), src, scheme)
+    target_dir = dst.parent
     result = VisionQuantResult(name, src, dst, scheme, None)
     with tempfile.TemporaryDirectory(prefix=".quant-", dir=target_dir) as tmp:
         out = Path(tmp) / dst.name
@@ -346,7 +349,8 @@ def quantize_catalog_model(
             result.calibration = calib.describe()
             fp32, quant = _session(src), _session(out)
             try:
-                result.gate = evaluate_gate(entry, fp32, quant, calib, thresholds, crop=crop)
+                limits = thresholds or thresholds_from(settings)
+                result.gate = evaluate_gate(entry, fp32, quant, calib, limits, crop=crop)
             finally:
                 fp32.close()
                 quant.close()
@@ -369,7 +373,29 @@ def quantize_catalog_model(
     )
     result.manifest = register_variant(settings, catalog, entry, new)
     log.info("variant_registered", model=name, path=str(dst), gate=new.gate)
+    if not _on_search_path(settings, dst):
+        # Catalogue files are names looked up on model_dirs: say so rather than stay silent.
+        result.note = (
+            f"{dst.parent} is not on the model search path, so edged will not load this "
+            f"variant: add it to model_dirs (EDGED_MODEL_DIRS) or quantize without --out"
+        )
+        log.warning("variant_outside_model_dirs", path=str(dst))
     return result
+
+
+def _on_search_path(settings: Settings, path: Path) -> bool:
+    where = path.parent.resolve()
+    return any(d.resolve() == where for d in settings.model_search_path)
+
+
+def _destination(out: Path, src: Path, scheme: str) -> Path:
+    """``--out`` names a file (``*.onnx``) or a directory; either is created as needed."""
+    target = out if out.suffix != ".onnx" else out.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadRequest(f"--out {out}: cannot create {target} ({exc.strerror})") from exc
+    return out if out.suffix == ".onnx" else target / variant_name(src, scheme)
 
 
 def _produce(
@@ -401,39 +427,11 @@ def _scheme_text(scheme: str, calib: CalibrationSet | None, excluded: list[str])
     return text + (f", fp32 layers: {', '.join(excluded)}" if excluded else "")
 
 
-def tflite_unsupported() -> BadRequest:
-    return BadRequest(
-        "--format tflite: converting to TFLite needs the TensorFlow converter, which edged "
-        "does not use; quantize to ONNX (--format onnx) or add a TFLite int8 file made "
-        "elsewhere with `edged models add ... --precision int8`"
-    )
-
-
-def quantize_name(args: argparse.Namespace) -> int:
-    """``edged models quantize NAME ...`` (called by ``edged.cli.models_quantize``)."""
-    from edged.cli.common import print_json, settings_from_args
-
-    if args.format == "tflite":
-        raise tflite_unsupported()
-    settings = settings_from_args(args)
-    result = quantize_catalog_model(
-        settings,
-        str(args.src),
-        args.scheme or "qdq-int8",
-        args.calibration,
-        keep_failed=args.keep_failed,
-        out_dir=args.out,
-    )
-    print_json(result.as_dict())
-    return 0 if result.gate is None or result.gate.passed else 1
-
-
 __all__ = [
     "GateFailed",
     "VisionQuantResult",
     "evaluate_gate",
     "quantize_catalog_model",
-    "quantize_name",
     "record_gate",
     "register_variant",
 ]

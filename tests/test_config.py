@@ -56,6 +56,10 @@ def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.M
         ('memory_budget = "lots"\n', "memory_budget:", "(got 'lots')"),
         ('profile_dirs = ["/nonexistent/dir"]\n', "profile_dirs.0", "/nonexistent/dir"),
         ("[zmq]\nmax_queue = -1\n", "zmq.max_queue:", "(got -1)"),
+        ('[quantization]\nmax_psnr_drop_db = "x"\n', "quantization.max_psnr_drop_db:", "(got 'x')"),
+        ("[quantization]\nmax_drop_db = 1.0\n", "quantization.max_drop_db: unknown setting", "1.0"),
+        ("[quantization]\nmin_iou = 1.5\n", "quantization.min_iou:", "(got 1.5)"),
+        ("[quantization]\nmax_hole_drop_db = -0.1\n", "quantization.max_hole_drop_db:", "-0.1"),
         (
             '[[streams]]\nname = "a b"\nsource = "x"\ntask = "segmentation"\n',
             "streams.0.name",
@@ -102,3 +106,39 @@ def test_systemd_directories_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.delenv("EDGED_STATE_DIR")
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "st"))
     assert load_settings().state_dir == tmp_path / "st"
+
+
+def test_quantization_limits_cli_over_env_over_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings().quantization.model_dump() == {
+        "max_psnr_drop_db": 0.3,
+        "min_iou": 0.97,
+        "max_hole_drop_db": 0.5,
+    }
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text("[quantization]\nmax_psnr_drop_db = 1.2\nmin_iou = 0.9\n")
+    assert load_settings(cfg).quantization.max_psnr_drop_db == 1.2
+    monkeypatch.setenv("EDGED_QUANTIZATION__MAX_PSNR_DROP_DB", "0.8")
+    q = load_settings(cfg).quantization
+    assert (q.max_psnr_drop_db, q.min_iou) == (0.8, 0.9)
+    # A CLI override of one key keeps the section's others from env and file.
+    q = load_settings(cfg, {"quantization": {"max_hole_drop_db": 2.0}}).quantization
+    assert (q.max_psnr_drop_db, q.min_iou, q.max_hole_drop_db) == (0.8, 0.9, 2.0)
+    monkeypatch.setenv("EDGED_QUANTIZATION__MIN_IOU", "x")
+    with pytest.raises(ConfigError, match=r"quantization\.min_iou: .*\(got 'x'\)"):
+        load_settings(cfg)
+
+
+def test_schema_documents_the_quantization_section(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    section = schema["$defs"]["QuantizationSettings"]
+    assert section["additionalProperties"] is False
+    fields = section["properties"]
+    assert {k: v["default"] for k, v in fields.items()} == {
+        "max_psnr_drop_db": 0.3,
+        "min_iou": 0.97,
+        "max_hole_drop_db": 0.5,
+    }
+    assert all(v["description"] for v in fields.values())

@@ -15,7 +15,7 @@ from edged.config import Settings, load_settings
 from edged.engine import Engine
 from edged.errors import LicenceNotAllowed, ModelLoadError, ModelNotFound, ModelVerificationError
 from edged.loader import LoadedModel, candidate_files, load_model
-from edged.quantgate import board_key, record_speed
+from edged.precision_gate import board_key, record_speed
 from edged.testing import make_scale_model, make_scale_tflite
 
 

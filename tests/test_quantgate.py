@@ -12,17 +12,16 @@ from edged.catalog import Catalog
 from edged.catalog_schema import ModelEntry
 from edged.config import Settings, load_settings
 from edged.loader import load_model
+from edged.precision_gate import board_key, precision_allowed, read_records, record_speed
 from edged.quantgate import (
+    DEFAULTS,
     GateResult,
     Thresholds,
-    board_key,
     iou,
-    precision_allowed,
     psnr,
-    read_records,
-    record_speed,
     seg_gate,
     sr_gate,
+    thresholds_from,
 )
 from edged.quantize_vision import record_gate
 from edged.runtime import config_for, open_session
@@ -89,6 +88,35 @@ def test_espcn_int8_stays_above_bicubic_and_is_judged_by_its_drop(
     assert stored["passed"] is gate.passed
     assert stored["metric"] == "y_psnr"
     assert stored["drop_db"] == pytest.approx(drop, abs=1e-3)
+
+
+def test_default_limits_are_the_settings_defaults() -> None:
+    assert thresholds_from(load_settings()) == Thresholds() == DEFAULTS
+
+
+def test_espcn_int8_verdict_follows_the_quantization_settings(
+    shared_models: Path,
+    catalog: Catalog,
+    set5: list[np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entry = catalog.get("espcn_x2")
+    default = _tflite_gate(shared_models, entry, set5, thresholds_from(load_settings()))
+    assert not default.passed  # the shared int8 file loses ~1 dB: over the default 0.3
+    assert 0.3 < default.values["drop_db"] < 1.2
+    assert default.values["quant_db"] > default.values["bicubic_db"]  # only the drop fails it
+    assert default.as_dict()["max_drop_db"] == 0.3
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text("[quantization]\nmax_psnr_drop_db = 1.2\n")
+    loose = _tflite_gate(shared_models, entry, set5, thresholds_from(load_settings(cfg)))
+    assert loose.passed, loose.summary()
+    assert loose.values == default.values
+    assert loose.as_dict()["max_drop_db"] == 1.2  # the stored gate names the limit applied
+    monkeypatch.setenv("EDGED_QUANTIZATION__MAX_PSNR_DROP_DB", "0.3")  # env beats the file
+    again = _tflite_gate(shared_models, entry, set5, thresholds_from(load_settings(cfg)))
+    assert not again.passed
+    assert "limit 0.3 dB" in again.reasons[0]
 
 
 def test_segmentation_gate_is_mask_iou(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,7 @@ from edged.cli import main
 from edged.config import Settings, load_settings
 from edged.errors import BadRequest
 from edged.loader import load_model
-from edged.quantgate import read_records, record_speed
+from edged.precision_gate import read_records, record_speed
 from edged.quantize_vision import GateFailed, quantize_catalog_model
 from edged.runtime import config_for, open_session
 from edged.testing import make_conv_sr_model, write_manifest
@@ -184,3 +185,115 @@ def test_bench_records_winners_and_gates(
     stored = read_records(tiny)["speed"]["generic-x86"]["tiny_sr"]["onnx:cpu"]
     assert stored["winner"] == row["winner"]
     assert read_records(tiny)["accuracy"]["tiny_sr"]
+
+
+def _variant_gate(settings: Settings, name: str) -> dict[str, object]:
+    [variant] = [
+        f for f in Catalog.from_settings(settings).get(name).files if f.precision == "int8"
+    ]
+    assert variant.gate is not None
+    return variant.gate
+
+
+def test_cli_gate_flag_overrides_the_settings(
+    tiny: Settings,
+    calib_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # outlier_sr's int8 variant loses ~20 dB; its fp32 is below bicubic (nearest-neighbour
+    # upscaling), so the bicubic floor does not apply and only the drop limit decides.
+    monkeypatch.setenv("EDGED_QUANTIZATION__MAX_PSNR_DROP_DB", "50")
+    args = ["models", "quantize", "outlier_sr", "--calibration", str(calib_dir)]
+    assert main([*args, "--max-drop-db", "0.3"]) == GateFailed.exit_code
+    err = capsys.readouterr().err
+    assert re.search(r"loses \d+\.\d\d dB vs fp32 \(\d+\.\d\d vs \d+\.\d\d; limit 0\.3 dB\)", err)
+    assert not (tiny.model_search_path[0] / "outlier_sr_qdq-int8.onnx").exists()
+    assert main(args) == 0  # the env limit of 50 dB lets the same variant through
+    report = json.loads(capsys.readouterr().out)
+    assert report["gate"]["passed"] is True
+    assert report["gate"]["max_drop_db"] == 50.0
+    assert _variant_gate(tiny, "outlier_sr")["max_drop_db"] == 50.0
+    monkeypatch.delenv("EDGED_QUANTIZATION__MAX_PSNR_DROP_DB")
+    assert main([*args, "--max-drop-db", "40"]) == 0
+    assert json.loads(capsys.readouterr().out)["gate"]["max_drop_db"] == 40.0
+    assert _variant_gate(tiny, "outlier_sr")["max_drop_db"] == 40.0  # replaced, with its limit
+
+
+def test_cli_gate_flags_are_validated_and_need_a_gate(
+    tiny: Settings, calib_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["models", "quantize", "tiny_sr", "--calibration", str(calib_dir)]
+    assert main([*args, "--min-iou", "2"]) == 2
+    assert (
+        "quantization.min_iou: Input should be less than or equal to 1" in capsys.readouterr().err
+    )
+    assert main([*args, "--max-drop-db", "nan"]) == 2
+    assert "quantization.max_psnr_drop_db: Input should be a finite number" in (
+        capsys.readouterr().err
+    )
+    assert main(["models", "quantize", "tiny_sr", "--max-drop-db", "1"]) == 10
+    assert "add --calibration DIR" in capsys.readouterr().err
+    assert not (tiny.model_search_path[0] / "tiny_sr_qdq-int8.onnx").exists()
+
+
+def test_cli_out_ending_onnx_is_the_file(
+    tiny: Settings, calib_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "new" / "parents" / "mine.onnx"
+    args = ["models", "quantize", "tiny_sr", "--calibration", str(calib_dir), "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dst"] == str(out)
+    assert out.is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mine.onnx"]  # no temp dir left
+    assert _variant_gate(tiny, "tiny_sr")["passed"] is True
+    [variant] = [
+        f for f in Catalog.from_settings(tiny).get("tiny_sr").files if f.precision == "int8"
+    ]
+    assert (variant.path, variant.sha256) == ("mine.onnx", file_sha256(out))
+
+
+def test_cli_out_of_any_other_name_is_a_directory(
+    tiny: Settings, calib_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "new" / "variants.v2"  # a dotted name is still a directory
+    args = ["models", "quantize", "tiny_sr", "--calibration", str(calib_dir), "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert out.is_dir()
+    assert report["dst"] == str(out / "tiny_sr_qdq-int8.onnx")
+    assert sorted(p.name for p in out.iterdir()) == ["tiny_sr_qdq-int8.onnx"]
+    # Catalogue files are found on model_dirs: a variant elsewhere is written but says so.
+    assert "not on the model search path" in report["note"]
+    args = ["models", "quantize", "tiny_sr", "--calibration", str(calib_dir)]
+    assert main([*args, "--out", str(tiny.model_search_path[0])]) == 0
+    assert "note" not in json.loads(capsys.readouterr().out)
+
+
+def test_bench_gate_follows_the_limit_flag(
+    tiny: Settings, calib_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["bench", "quantization", "--models", "outlier_sr", "--sr-images", str(calib_dir)]
+    args += ["--backends", "onnx:cpu", "--runs", "2", "--size", "32", "--json"]
+    assert main(args) == 0
+    [row] = json.loads(capsys.readouterr().out)["rows"]
+    assert row["gate"]["passed"] is False
+    assert row["gate"]["max_drop_db"] == 0.3
+    assert main([*args, "--max-drop-db", "50"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["rows"]
+    assert row["gate"]["passed"] is True
+    assert row["gate"]["max_drop_db"] == 50.0
+    [stored] = read_records(tiny)["accuracy"]["outlier_sr"].values()
+    assert (stored["passed"], stored["max_drop_db"]) == (True, 50.0)
+
+
+def test_cli_keep_failed_registers_it_failed_with_the_refusal_exit_code(
+    tiny: Settings, calib_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["models", "quantize", "outlier_sr", "--calibration", str(calib_dir), "--keep-failed"]
+    assert main(args) == GateFailed.exit_code
+    report = json.loads(capsys.readouterr().out)
+    assert Path(report["dst"]).is_file()
+    gate = _variant_gate(tiny, "outlier_sr")
+    assert (gate["passed"], gate["max_drop_db"]) == (False, 0.3)

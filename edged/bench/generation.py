@@ -101,6 +101,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_total": round(seconds, 2),
         "seconds_per_stage": {k: round(v, 2) for k, v in meta["seconds_per_stage"].items()},
         "resident_strategy": meta["residency"],
+        "unet_parts": meta.get("unet_parts", 0),
         "steps": meta["steps"],
         "decoder": meta["decoder"],
     }

@@ -5,8 +5,9 @@ For every installed super-resolution and segmentation model of the catalogue:
 * int8 variants = the entry's int8 files (e.g. the shared ``*_int8.tflite``) plus, for a model
   with an fp32 ONNX file, a static QDQ variant made here with the calibration images
   (``edged.quantize_vision``; cached in ``{cache_dir}/quantization`` by source + images);
-* accuracy: each variant's gate (``edged.quantgate``) against the fp32 file of its own format
-  on the held-out split; the result of a catalogue file is stored on its catalogue entry
+* accuracy: each variant's gate (``edged.quantgate``; limits from ``[quantization]`` or the
+  ``--max-drop-db``/``--min-iou`` flags) against the fp32 file of its own format on the
+  held-out split; the result of a catalogue file is stored on its catalogue entry
   (user manifest) so ``edged models list`` shows it and the loader obeys it;
 * speed: median latency of the task's own model call (``superres.tile_fn`` on a real LR crop
   of ``--size`` px; the segmentation feed of a real photo) for fp32 and int8 on each backend
@@ -35,10 +36,17 @@ from edged.calibration import (
 )
 from edged.catalog import Catalog, file_sha256
 from edged.catalog_schema import ModelEntry, ModelFile
-from edged.cli.common import add_common, print_json, settings_from_args
+from edged.cli.common import (
+    add_common,
+    add_gate_flags,
+    gate_overrides,
+    print_json,
+    settings_from_args,
+)
 from edged.config import Settings
 from edged.errors import EdgedError
-from edged.quantgate import GateResult, board_key, record_speed, update_records
+from edged.precision_gate import board_key, record_speed, update_records
+from edged.quantgate import GateResult, Thresholds, thresholds_from
 from edged.runtime import config_for, open_session
 from edged.runtime.base import FORMAT_OF_RUNTIME, Session, one_line, split_backend
 
@@ -75,6 +83,7 @@ def register(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--no-record", action="store_true", help="do not write gates/winners to the state dir"
     )
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    add_gate_flags(p)
     p.set_defaults(handler=_handler)
 
 
@@ -121,14 +130,18 @@ def _open_for_gate(path: Path) -> Session:
 
 
 def gate_variant(
-    entry: ModelEntry, fp32_path: Path, variant: Variant, calib: CalibrationSet
+    entry: ModelEntry,
+    fp32_path: Path,
+    variant: Variant,
+    calib: CalibrationSet,
+    thresholds: Thresholds,
 ) -> GateResult:
     from edged.quantize_vision import BIG_MODEL, evaluate_gate
 
     crop = 64 if fp32_path.stat().st_size > BIG_MODEL else None
     fp32, quant = _open_for_gate(fp32_path), _open_for_gate(variant.path)
     try:
-        return evaluate_gate(entry, fp32, quant, calib, crop=crop)
+        return evaluate_gate(entry, fp32, quant, calib, thresholds, crop=crop)
     finally:
         fp32.close()
         quant.close()
@@ -205,13 +218,14 @@ def _accuracy(
 ) -> None:
     from edged.quantize_vision import record_gate
 
+    thresholds = thresholds_from(settings)
     for v in found:
         fp32 = _fp32_for(catalog, entry, _fmt(v.path))
         if v.note or fp32 is None:
             v.note = v.note or f"no fp32 {_fmt(v.path)} file to compare with"
             continue
         try:
-            v.gate = gate_variant(entry, fp32, v, calib)
+            v.gate = gate_variant(entry, fp32, v, calib, thresholds)
         except EdgedError as exc:
             v.note = f"gate failed to run: {one_line(exc)}"
             continue
@@ -344,7 +358,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def _handler(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, **gate_overrides(args))
     report = run_bench(settings, args)
     if args.json:
         print_json(report)

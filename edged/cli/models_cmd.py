@@ -18,6 +18,7 @@ from edged.catalog import Catalog, licence_allowed, verify_file
 from edged.catalog_schema import ModelEntry
 from edged.cli.common import add_common, print_json, settings_from_args
 from edged.cli.models_quantize import register_quantize
+from edged.cli.models_split import register_split
 from edged.config import Settings
 from edged.errors import FetchError, ModelVerificationError
 from edged.schema import format_bytes
@@ -63,6 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_add)
 
     register_quantize(actions)  # edged models quantize (edged/cli/models_quantize.py)
+    register_split(actions)  # edged models split (edged/cli/models_split.py)
 
 
 def _catalog(settings: Settings) -> Catalog:

@@ -10,7 +10,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edged.cli.common import add_common, print_json
+from edged.cli.common import (
+    GATE_FLAGS,
+    add_common,
+    add_gate_flags,
+    gate_overrides,
+    print_json,
+    settings_from_args,
+)
 from edged.errors import BadRequest
 from edged.quantize import SCHEMES, quantize
 
@@ -40,13 +47,18 @@ def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument(
         "--format", default="onnx", choices=("onnx", "tflite"), help="output format (NAME only)"
     )
+    add_gate_flags(p)
     p.add_argument(
         "--keep-failed",
         action="store_true",
         help="NAME: keep and register a variant that fails the accuracy gate (marked failed)",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="output file or dir (default: beside SRC)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output file or dir (default: beside SRC); for a NAME, X.onnx is the file and any "
+        "other X a dir, created as needed (default: the first writable model dir)",
     )
     p.add_argument("--block-size", type=int, default=32, help="int4: weights per scale block")
     p.add_argument(
@@ -68,10 +80,14 @@ def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _quantize(args: argparse.Namespace) -> int:
+    if args.calibration is None and any(getattr(args, f) is not None for f in GATE_FLAGS):
+        # Without calibration images no gate runs: a limit given would silently do nothing.
+        raise BadRequest(
+            "--max-drop-db, --min-iou and --max-hole-drop-db set the accuracy gate, which runs "
+            "only for a catalogue model NAME with --calibration DIR; add --calibration DIR"
+        )
     if not args.src.exists() and "/" not in str(args.src) and args.src.suffix != ".onnx":
-        from edged.quantize_vision import quantize_name  # a catalogue model NAME
-
-        return quantize_name(args)
+        return _quantize_name(args)  # a catalogue model NAME
     if args.calibration is not None or args.format != "onnx":
         raise BadRequest("--calibration and --format apply to a catalogue model NAME as SRC")
     if args.scheme is None:
@@ -87,3 +103,28 @@ def _quantize(args: argparse.Namespace) -> int:
     report = quantize(args.src, args.out, args.scheme, **kwargs)
     print_json(report.as_dict())
     return 0
+
+
+def _quantize_name(args: argparse.Namespace) -> int:
+    """NAME: calibrated QDQ, the accuracy gate, registration (``edged.quantize_vision``);
+    the gate flags override the ``[quantization]`` settings."""
+    from edged.quantize_vision import GateFailed, quantize_catalog_model  # numpy: not for --help
+
+    if args.format == "tflite":
+        raise BadRequest(
+            "--format tflite: converting to TFLite needs the TensorFlow converter, which edged "
+            "does not use; quantize to ONNX (--format onnx) or add a TFLite int8 file made "
+            "elsewhere with `edged models add ... --precision int8`"
+        )
+    settings = settings_from_args(args, **gate_overrides(args))
+    result = quantize_catalog_model(
+        settings,
+        str(args.src),
+        args.scheme or "qdq-int8",
+        args.calibration,
+        keep_failed=args.keep_failed,
+        out_dir=args.out,
+    )
+    print_json(result.as_dict())
+    # A variant kept with --keep-failed still failed: same exit code as the refusal.
+    return 0 if result.gate is None or result.gate.passed else GateFailed.exit_code

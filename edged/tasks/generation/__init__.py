@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from edged.errors import BadRequest, ModelNotFound
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+from edged.tasks.generation.parts import wants_parts
 from edged.tasks.generation.pipeline import EmbedFn, GenParams, ModelDir, generate, run_text_encoder
 from edged.tasks.generation.staged import Residency, embedding_cache
 from edged.tasks.generation.tokenizer import ClipTokenizer
@@ -153,12 +154,14 @@ def run(
         model, params, residency, embed, cache, progress=progress, cancel=cancel, timings=timings
     )
     total = (time.perf_counter() - start) * 1000
+    parts = wants_parts(model, residency)
     meta = {
         "seed": params.seed,
         "steps": params.steps,
         "guidance_scale": params.guidance_scale,
         "family": model.family,
         "residency": residency.strategy,
+        "unet_parts": len(parts.parts) if parts is not None else 0,
         "decoder": params.decoder,
         "decoder_tile": params.decoder_tile,
         "text_encoder": "remote" if remote else "local",

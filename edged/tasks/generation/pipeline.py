@@ -21,6 +21,7 @@ from edged.errors import BadRequest, Cancelled, ModelNotFound
 from edged.runtime.base import Session
 from edged.tasks.base import ProgressFn
 from edged.tasks.generation import decoders
+from edged.tasks.generation.parts import unet_session
 from edged.tasks.generation.schedulers import (
     LCM,
     SchedulerConfig,
@@ -208,7 +209,7 @@ def generate(
     if cancel is not None and cancel.is_set():
         raise Cancelled("generation cancelled after text encoding")
     start = time.perf_counter()
-    with residency.use("unet", model.component("unet")) as unet:
+    with unet_session(model, residency) as unet:
         latents = denoise(model, params, unet, embeddings, progress=progress, cancel=cancel)
     residency.release("unet")
     clock["unet"] = time.perf_counter() - start
