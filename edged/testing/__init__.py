@@ -17,10 +17,13 @@ from edged.testing.boards import BOARD_KINDS, make_board, make_cgroup_tree
 from edged.testing.disk import small_tmpfs
 from edged.testing.generation import (
     TINY_WORDS,
+    make_tiny_lora,
     make_tiny_sd_dir,
     make_tiny_text_encoder,
     make_tiny_unet,
     make_tiny_vae_decoder,
+    name_like_exporter,
+    write_safetensors,
     write_tiny_clip_tokenizer,
 )
 from edged.testing.models import (
@@ -86,12 +89,14 @@ __all__ = [
     "make_sam_encoder",
     "make_scale_model",
     "make_scale_tflite",
+    "make_tiny_lora",
     "make_tiny_sd_dir",
     "make_tiny_text_encoder",
     "make_tiny_unet",
     "make_tiny_vae_decoder",
     "make_upscale_model",
     "make_yolo_seg_model",
+    "name_like_exporter",
     "png_bomb",
     "png_chunk",
     "save_model",
@@ -103,6 +108,7 @@ __all__ = [
     "shared_models_dir",
     "small_tmpfs",
     "write_manifest",
+    "write_safetensors",
     "write_tiny_clip_tokenizer",
     "y_psnr",
     "zmq_settings",

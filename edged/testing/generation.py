@@ -213,3 +213,71 @@ def make_tiny_sd_dir(
     index = {"_class_name": "ORTStableDiffusionPipeline", "scheduler": ["diffusers", scheduler]}
     (dest / "model_index.json").write_text(json.dumps(index), "utf-8")
     return dest
+
+
+LORA_MODULES = {
+    "Wq": "/m/mid_block/attentions.0/transformer_blocks.0/attn1/to_q/MatMul",
+    "Win": "/m/conv_in/Conv",
+}
+"""Weight -> the node name a torch export gives the layer (a LoRA targets it by that path)."""
+
+
+def name_like_exporter(unet: Path) -> Path:
+    """Rename the tiny UNet's to_q MatMul and conv_in Conv as torch.onnx.export names them."""
+    onnx = _onnx()
+    model = onnx.load(str(unet))
+    for node in model.graph.node:
+        if len(node.input) > 1 and node.input[1] in LORA_MODULES:
+            node.name = LORA_MODULES[node.input[1]]
+    onnx.save(model, str(unet))
+    return unet
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> Path:
+    """The safetensors layout (8-byte header size, JSON header, raw little-endian data)."""
+    import json
+
+    kinds = {"float32": "F32", "float16": "F16"}
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    blobs, offset = [], 0
+    for key, array in tensors.items():
+        raw = np.ascontiguousarray(array).tobytes()
+        header[key] = {
+            "dtype": kinds[array.dtype.name],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+    return path
+
+
+def make_tiny_lora(
+    path: Path, *, style: str = "peft", rank: int = 2, seed: int = 9, channels: int = 64
+) -> Path:
+    """A LoRA for the tiny UNet's to_q (c x c) and conv_in (c x 4 x 3 x 3) in one key style:
+    ``peft`` (lora_A/lora_B), ``kohya`` (lora_unet_*, lora_down/lora_up + alpha = rank)."""
+    rng = np.random.default_rng(seed)
+    shapes = {
+        "mid_block.attentions.0.transformer_blocks.0.attn1.to_q": (
+            (rank, channels),
+            (channels, rank),
+        ),
+        "conv_in": ((rank, 4, 3, 3), (channels, rank, 1, 1)),
+    }
+    tensors: dict[str, np.ndarray] = {}
+    for module, (down, up) in shapes.items():
+        d = (rng.standard_normal(down) * 0.2).astype(np.float32)
+        u = (rng.standard_normal(up) * 0.2).astype(np.float32)
+        if style == "peft":
+            tensors[f"unet.{module}.lora_A.weight"] = d
+            tensors[f"unet.{module}.lora_B.weight"] = u
+        else:
+            key = "lora_unet_" + module.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = d
+            tensors[f"{key}.lora_up.weight"] = u
+            tensors[f"{key}.alpha"] = np.array(float(rank), np.float32)
+    return write_safetensors(path, tensors)

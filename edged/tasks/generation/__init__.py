@@ -2,7 +2,7 @@
 
 Request: ``prompt`` plus params ``steps``, ``guidance_scale``, ``seed``, ``width``,
 ``height``, ``negative_prompt``, ``decoder`` (vae | vaelight | taesd | taef2 | path.onnx),
-``residency`` (auto | resident | staged), ``model_dir``. Output ``image`` (H x W x 3 RGB).
+``residency`` (auto | resident | staged), ``model_dir``, ``lora`` (+ ``lora_scale``). Output ``image`` (H x W x 3 RGB).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from edged.errors import BadRequest, ModelNotFound
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+from edged.tasks.generation.lora import from_params as lora_from_params
 from edged.tasks.generation.parts import wants_parts
 from edged.tasks.generation.pipeline import EmbedFn, GenParams, ModelDir, generate, run_text_encoder
 from edged.tasks.generation.staged import Residency, embedding_cache
@@ -133,6 +134,7 @@ def run(
     residency = _residency(
         engine, model, strategy, params.decoder, pixels=params.width * params.height
     )
+    residency.lora = lora_from_params(root, dict(request.params))
     remote = settings.text_encoder
     embed: EmbedFn
     if remote:
@@ -162,6 +164,8 @@ def run(
         "family": model.family,
         "residency": residency.strategy,
         "unet_parts": len(parts.parts) if parts is not None else 0,
+        "lora": residency.lora[0].path.name if residency.lora else None,
+        "lora_scale": residency.lora[1] if residency.lora else None,
         "decoder": params.decoder,
         "decoder_tile": params.decoder_tile,
         "text_encoder": "remote" if remote else "local",

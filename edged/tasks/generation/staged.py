@@ -32,6 +32,7 @@ from edged.schema import format_bytes
 
 if TYPE_CHECKING:
     from edged.engine import Engine
+    from edged.tasks.generation.lora import Adapter
 
 log = get_logger("generation.staged")
 F32 = npt.NDArray[np.float32]
@@ -156,6 +157,8 @@ class Residency:
             else _NO_ENGINE_STORE
         )
         self._used: dict[str, str] = {}
+        self.lora: tuple[Adapter, float] | None = None
+        """(adapter, scale) merged into UNet weights at load; set per request."""
 
     def _resolve(self, strategy: str, components: dict[str, Path]) -> str:
         if strategy != "auto":
@@ -167,13 +170,22 @@ class Residency:
         return "staged"
 
     def key(self, component: str, path: Path) -> str:
-        return f"generation:{self.root}:{component}:{path}"
+        key = f"generation:{self.root}:{component}:{path}"
+        if self.lora is not None and component.startswith("unet"):
+            adapter, scale = self.lora
+            key += f":lora={adapter.sha256[:16]}@{scale:g}"
+        return key
 
-    def _open(self, path: Path) -> Session:
+    def _open(self, path: Path, component: str = "") -> Session:
         # No zero-input warm-up: a UNet warm-up costs a full step, and staged loads are used once.
         # No weight pre-packing: external-data weights then stay mapped from the file instead
         # of being copied (docs/generation.md has the measurement).
         config = config_for("onnx:cpu", threads=self.threads).model_copy(update={"prepack": False})
+        if self.lora is not None and component.startswith("unet"):
+            from edged.tasks.generation.lora import merged_model
+
+            adapter, scale = self.lora
+            path = merged_model(path, self.root / "unet" / "model.onnx", adapter, scale)
         return open_session(config, path, warmup=False)
 
     @contextmanager
@@ -199,9 +211,9 @@ class Residency:
                 "quantized UNet (`edged models quantize --scheme int4-weights`)"
             )
         with self._local.lock:
-            yield self._local_acquire(key, path, estimate)
+            yield self._local_acquire(key, component, path, estimate)
 
-    def _local_acquire(self, key: str, path: Path, estimate: int) -> Session:
+    def _local_acquire(self, key: str, component: str, path: Path, estimate: int) -> Session:
         store = self._local
         if key in store.sessions:
             store.sessions.move_to_end(key)
@@ -212,7 +224,7 @@ class Residency:
             and (store.held_bytes() + estimate > self.budget)
         ):
             store.evict(next(iter(store.sessions)))
-        session = self._open(path)
+        session = self._open(path, component)
         store.sessions[key] = (session, estimate)
         return session
 
@@ -226,7 +238,7 @@ class Residency:
             family=f"sd-{component.split(':', maxsplit=1)[0]}",
             licence="LicenseRef-user-supplied",
         )
-        return LoadedModel(entry, self._open(path), "onnx:cpu", path, [])
+        return LoadedModel(entry, self._open(path, component), "onnx:cpu", path, [])
 
     def release(self, component: str) -> None:
         """Staged mode: evict the component now that its stage is done."""
