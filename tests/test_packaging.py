@@ -44,3 +44,52 @@ def test_console_script_and_shipped_data() -> None:
         "raspberry-pi-4",
         "raspberry-pi-5",
     ]
+
+
+def test_wheel_ships_catalogue_and_profiles(tmp_path: Path) -> None:
+    """A non-editable install (wheel) finds the manifests and profiles inside the package."""
+    import json
+    import subprocess
+    import sys
+
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = [*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*build, "-w", str(wheels)], check=True, timeout=300)
+    [wheel] = wheels.glob("edged-*.whl")
+    install = [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)]
+    subprocess.run(install, check=True, timeout=300)
+    env = {"PYTHONPATH": str(target), "EDGED_STATE_DIR": str(tmp_path / "state"), "PATH": ""}
+    probe = "import edged.profiles as p, edged.catalog as c; print(p.shipped_profile_dir()); "
+    probe += "print(c.shipped_catalog_dir())"
+    where = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
+    assert all(Path(p).is_relative_to(target) for p in where), where
+    listing = subprocess.run(
+        [sys.executable, "-m", "edged", "models", "list", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    names = {m["name"] for m in json.loads(listing.stdout)["models"]}
+    assert names == {p.stem for p in (ROOT / "models").glob("*.toml")}
+    profile = subprocess.run(
+        [sys.executable, "-m", "edged", "profile", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert json.loads(profile.stdout)["profile"]
