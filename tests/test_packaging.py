@@ -60,36 +60,24 @@ def test_wheel_ships_catalogue_and_profiles(tmp_path: Path) -> None:
     install = [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)]
     subprocess.run(install, check=True, timeout=300)
     env = {"PYTHONPATH": str(target), "EDGED_STATE_DIR": str(tmp_path / "state"), "PATH": ""}
+
+    def run(*args: str) -> str:  # the installed package, from outside the source tree
+        done = subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return done.stdout
+
     probe = "import edged.profiles as p, edged.catalog as c; print(p.shipped_profile_dir()); "
-    probe += "print(c.shipped_catalog_dir())"
-    where = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.split()
+    where = run("-c", probe + "print(c.shipped_catalog_dir())").split()
     assert all(Path(p).is_relative_to(target) for p in where), where
-    listing = subprocess.run(
-        [sys.executable, "-m", "edged", "models", "list", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    names = {m["name"] for m in json.loads(listing.stdout)["models"]}
+    names = {
+        m["name"] for m in json.loads(run("-m", "edged", "models", "list", "--json"))["models"]
+    }
     assert names == {p.stem for p in (ROOT / "models").glob("*.toml")}
-    profile = subprocess.run(
-        [sys.executable, "-m", "edged", "profile", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    assert json.loads(profile.stdout)["profile"]
+    assert json.loads(run("-m", "edged", "profile", "--json"))["profile"]
