@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -147,6 +147,13 @@ class StreamSettings(StrictModel):
         default=None, min_length=4, max_length=4, description="Camera pixel format, e.g. MJPG."
     )
     loop: bool = Field(default=False, description="Restart a video file at its end.")
+    parallel: int = Field(
+        default=1,
+        ge=1,
+        le=4,
+        description="Frames of this stream processed at once, each on its own copy of the "
+        "model with the profile's threads split between them; results stay in capture order.",
+    )
 
 
 class ServiceSettings(StrictModel):
@@ -302,6 +309,18 @@ class Settings(BaseSettings):
             raise ValueError(f"stream names must be unique, repeated: {', '.join(dupes)}")
         return value
 
+    @model_validator(mode="after")
+    def _parallel_within_workers(self) -> Settings:
+        # A stream's parallel frames each need a worker; more than there are would only hold
+        # model copies in memory that never run at the same time.
+        over = [s.name for s in self.streams if s.parallel > self.service.workers]
+        if over:
+            raise ValueError(
+                f"streams {', '.join(over)}: parallel exceeds service.workers "
+                f"({self.service.workers}); raise [service] workers or lower parallel"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -335,10 +354,13 @@ class Settings(BaseSettings):
 def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown setting"
+        if not err["loc"]:  # a check across settings names them itself; the input is everything
+            lines.append(message)
+            continue
+        field = ".".join(str(p) for p in err["loc"])
         lines.append(f"{field}: {message} (got {err.get('input')!r})")
     return "\n".join(lines)
 

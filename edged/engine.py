@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from edged.catalog import Catalog
@@ -24,6 +25,31 @@ from edged.loader import load_model
 from edged.pool import ModelPool
 from edged.profiles import ProfileChoice, choose
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+
+# A context variable rather than a parameter: tasks reach ``Engine.acquire`` through their own
+# code paths, and the scheduler's worker is the one place that knows which copy a job may use.
+_REPLICA: ContextVar[tuple[int, int]] = ContextVar("edged_replica", default=(0, 1))
+
+
+@contextmanager
+def replica(index: int, count: int) -> Iterator[None]:
+    """Jobs run in this block use copy ``index`` of ``count`` of every model they acquire.
+
+    Sessions are not thread-safe, so frames of one stream processed at once each need their
+    own copy; ``count == 1`` is the one shared copy every other job uses.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"replica index {index} outside 0..{count - 1}")
+    token = _REPLICA.set((index, count))
+    try:
+        yield
+    finally:
+        _REPLICA.reset(token)
+
+
+def current_replica() -> tuple[int, int]:
+    """``(index, count)`` of the model copy jobs on this thread use now; ``(0, 1)`` by default."""
+    return _REPLICA.get()
 
 
 class Engine:
@@ -51,13 +77,13 @@ class Engine:
         """A forced backend alone (no silent fallback), else the profile's chain for the task."""
         return [backend] if backend else self.profile.backends(entry.task)
 
-    def _load(self, entry: ModelEntry, backend: str | None) -> LoadedModel:
+    def _load(self, entry: ModelEntry, backend: str | None, threads: int) -> LoadedModel:
         """Licence gate, file choice, verification, load and warm-up: see edged.loader."""
         return load_model(
             entry,
             self.catalog,
             self._chain(entry, backend),
-            threads=self.profile.threads(self.settings.threads),
+            threads=threads,
             precision=self.profile.profile.precision,
             cache_dir=self.settings.cache_dir,
             settings=self.settings,
@@ -65,11 +91,21 @@ class Engine:
 
     @contextmanager
     def acquire(self, model: str, *, backend: str | None = None) -> Iterator[LoadedModel]:
-        """Hold a loaded model for the duration of the block (pinned against eviction)."""
+        """Hold a loaded model for the duration of the block (pinned against eviction).
+
+        Inside ``replica(i, n)`` with ``n > 1`` the job gets its own copy (pool key
+        ``MODEL#rI``) running on the profile's threads divided by ``n``: copies that each
+        used every core would only fight over them.
+        """
         entry = self.catalog.get(model)
+        key = model if backend is None else f"{model}@{backend}"
+        threads = self.profile.threads(self.settings.threads)
+        index, count = current_replica()
+        if count > 1:
+            key, threads = f"{key}#r{index}", max(1, threads // count)
         with self.pool.acquire(
-            model if backend is None else f"{model}@{backend}",
-            lambda: self._load(entry, backend),
+            key,
+            lambda: self._load(entry, backend, threads),
             estimate_bytes=self._size_hint(entry),
             pinned=model in self.settings.pinned_models,
         ) as loaded:

@@ -1,9 +1,12 @@
 """Bounded job queues and the worker threads that run them through the engine.
 
 One queue per stream plus one for requests. Workers pick requests first (configurable),
-then streams round-robin, and never run two jobs of one stream at once: a slow stream or
-a slow model holds at most one worker, so the others keep serving. Live streams drop their
-oldest queued frame when full (counted); files and inboxes wait for room instead.
+then streams round-robin, and run at most ``parallel`` jobs of one stream at once (1 unless
+the stream asks for more): a slow stream or a slow model holds at most that many workers, so
+the others keep serving. Each running job of a stream holds a replica index (the lowest free
+one), set around the job with ``edged.engine.replica`` so that jobs running side by side use
+their own copies of the model. Live streams drop their oldest queued frame when full
+(counted); files and inboxes wait for room instead.
 
 Every job is a ``concurrent.futures.Future``: the caller attaches done-callbacks; a job
 that is dropped or handed back (shutdown, stream removed) ends *cancelled*, never lost.
@@ -21,6 +24,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
+from edged.engine import replica
 from edged.errors import Busy, Cancelled
 from edged.log import get_logger
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
@@ -62,6 +66,24 @@ class _Queue:
     failed: int = 0
     dropped: int = 0
     closed: bool = False
+    parallel: int = 1
+    replicas: set[int] = field(default_factory=set)
+
+    def may_start(self) -> bool:
+        """A job is queued and (streams) fewer than ``parallel`` of ours are running."""
+        return bool(self.jobs) and (self.name == REQUESTS or self.running < self.parallel)
+
+    def claim_replica(self) -> tuple[int, int]:
+        """``(index, count)`` for a job starting now; under the scheduler's lock.
+
+        Requests share the one default copy (the pool serialises its users); a stream's jobs
+        take the lowest index none of its running jobs holds.
+        """
+        if self.name == REQUESTS:
+            return 0, 1
+        index = min(set(range(self.parallel)) - self.replicas)
+        self.replicas.add(index)
+        return index, self.parallel
 
     def stats(self) -> dict[str, int]:
         return {
@@ -142,11 +164,14 @@ class Scheduler:
 
     # ------------------------------------------------------------------ queues
 
-    def add_stream(self, name: str, *, maxsize: int, drop_oldest: bool) -> None:
+    def add_stream(self, name: str, *, maxsize: int, drop_oldest: bool, parallel: int = 1) -> None:
+        """``parallel``: how many of this stream's jobs may run at once (each on its replica)."""
+        if parallel < 1:
+            raise ValueError(f"stream {name!r}: parallel must be >= 1 (got {parallel})")
         with self._cond:
             if name in self._queues:
                 raise ValueError(f"stream {name!r} already scheduled")
-            self._queues[name] = _Queue(name, maxsize, drop_oldest)
+            self._queues[name] = _Queue(name, maxsize, drop_oldest, parallel=parallel)
             self._rr.append(name)
 
     def remove_stream(self, name: str) -> None:
@@ -216,11 +241,11 @@ class Scheduler:
         requests = self._queues[REQUESTS]
         if self._requests_first and requests.jobs:
             return requests, requests.jobs.popleft()
-        # Round-robin; a stream with a job already running waits, so one stream never holds
-        # more than one worker (requests may use them all).
+        # Round-robin; a stream with `parallel` jobs already running waits, so one stream
+        # never holds more workers than that (requests may use them all).
         for name in list(self._rr):
             queue = self._queues[name]
-            if queue.jobs and (name == REQUESTS or queue.running == 0):
+            if queue.may_start():
                 self._rr.remove(name)
                 self._rr.append(name)
                 return queue, queue.jobs.popleft()
@@ -242,10 +267,13 @@ class Scheduler:
                 if not job.future.set_running_or_notify_cancel():
                     continue
                 queue.running += 1
+                index, count = queue.claim_replica()
                 self._running_jobs.add(job)
-            ok = self._execute(job)
+            with replica(index, count):
+                ok = self._execute(job)
             with self._cond:
                 queue.running -= 1
+                queue.replicas.discard(index)
                 self._running_jobs.discard(job)
                 queue.done += ok
                 queue.failed += not ok

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from edged.config import Settings, StreamSettings, load_settings
-from edged.engine import Engine, LoadedModel
+from edged.engine import Engine, LoadedModel, replica
 from edged.errors import EdgedError
 from edged.io.context import flush_and_term
 from edged.log import get_logger
@@ -294,12 +294,28 @@ class Service:
             reply.set_result(Reply.from_error(exc))
         return reply
 
+    def _copies(self, model: str) -> int:
+        """How many copies of ``model`` streams run side by side (their largest ``parallel``)."""
+        assert self.engine is not None
+        copies = [1]
+        for stream in self.settings.streams:
+            try:
+                used = stream.model or self.engine.default_model(stream.task)
+            except EdgedError:  # the stream reports that itself when it starts
+                continue
+            if used == model:
+                copies.append(stream.parallel)
+        return max(copies)
+
     def _warm_up(self, models: list[str]) -> None:
+        """Load (and warm) each model before READY=1, every copy a parallel stream will use."""
         assert self.engine is not None
         for name in models:
+            count = self._copies(name)
             try:
-                with self.engine.acquire(name):
-                    pass
+                for index in range(count):
+                    with replica(index, count), self.engine.acquire(name):
+                        pass
             except EdgedError as exc:
                 log.error("warm-up failed", model=name, error=str(exc))
                 self.publish_event("model", {"model": name, "state": "failed", "error": str(exc)})

@@ -2,7 +2,9 @@
 
 A frame becomes a ``Job``; when the job ends its result is published (``{stream}.{task}``),
 and a source that owns its input (the inbox) is told whether to complete, fail or take the
-input back. Source state changes become ``events.stream`` events.
+input back. With ``parallel > 1`` jobs of the stream end out of order; ``edged.ordering``
+settles them in capture order all the same. Source state changes become ``events.stream``
+events.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from edged.errors import Cancelled
 from edged.io.inbox import InboxSource
 from edged.io.sources import CaptureSource, Frame, ImageSource, Source, source_kind
 from edged.log import get_logger
+from edged.ordering import InOrder
 from edged.scheduler import Job, Scheduler
 from edged.tasks.base import TaskRequest, TaskResult
 
@@ -51,6 +54,7 @@ class StreamRunner:
         self._publish_event = publish_event
         self._errors = 0
         self._lock = threading.Lock()
+        self._order = InOrder(cfg.name)
         # Dropped files obey the same size and pixel limits as requests.
         self._limits = limits or ZmqSettings()
         self.source = self._build_source(service, outbox_dir)
@@ -73,16 +77,20 @@ class StreamRunner:
         return CaptureSource(self.cfg, service, self._deliver, self._on_state)
 
     def start(self, queue_size: int) -> None:
-        self._scheduler.add_stream(self.cfg.name, maxsize=queue_size, drop_oldest=self.live)
+        self._scheduler.add_stream(
+            self.cfg.name, maxsize=queue_size, drop_oldest=self.live, parallel=self.cfg.parallel
+        )
         self.source.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Forget the queue (queued inbox files go back to the inbox), then stop reading.
 
-        Closing the queue first also releases a file source blocked waiting for room.
+        Closing the queue first also releases a file source blocked waiting for room. Frames
+        held for an earlier one are settled then; jobs still running settle when they end.
         """
         self._scheduler.remove_stream(self.cfg.name)
         self.source.stop(timeout)
+        self._order.close()
 
     def stats(self) -> dict[str, Any]:
         return {**self.source.stats(), "task": self.cfg.task, "errors": self._errors}
@@ -101,9 +109,18 @@ class StreamRunner:
             captured_at=frame.captured_at,
             meta=frame.meta,
         )
-        job.future.add_done_callback(lambda fut: self._done(frame, job, fut))
-        # Live frames never wait (the queue drops its oldest); files wait for room.
-        return self._scheduler.submit(job, timeout=0 if self.live else None)
+        slot = self._order.open()
+        job.future.add_done_callback(
+            lambda fut: self._order.settle(slot, lambda: self._done(frame, job, fut))
+        )
+        accepted = False
+        try:
+            # Live frames never wait (the queue drops its oldest); files wait for room.
+            accepted = self._scheduler.submit(job, timeout=0 if self.live else None)
+        finally:
+            if not accepted:  # its future never resolves: free its place in the line
+                self._order.settle(slot, _nothing)
+        return accepted
 
     def _done(self, frame: Frame, job: Job, fut: Future[TaskResult]) -> None:
         ticket = frame.ticket
@@ -134,3 +151,7 @@ class StreamRunner:
 
     def _on_state(self, state: str, data: dict[str, Any]) -> None:
         self._publish_event("stream", {"stream": self.cfg.name, "state": state, **data})
+
+
+def _nothing() -> None:
+    """The action of a frame the scheduler never accepted: nothing to publish or settle."""

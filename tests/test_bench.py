@@ -161,13 +161,22 @@ def test_stream_suite_counts_published_frames(shared_models: Path, shared_images
     assert edged["e2e_p50_ms"] >= edged["capture_to_publish_p50_ms"] > 0
     assert raw["frames"] == 8
     assert raw["fps"] > 0
-    # Streams can publish PNG or raw masks; the headline ratio takes the faster of the two.
+    # Streams can publish PNG or raw masks, and raw masks two frames at a time; the headline
+    # ratio takes the fastest of the three.
+    runs = ("edged", "edged_raw", "edged_raw_parallel")
+    assert [result[k]["parallel"] for k in runs] == [1, 1, 2]
     assert result["edged_raw"]["frames"] >= 2
-    best = max(edged["fps"], result["edged_raw"]["fps"])
+    assert result["edged_raw_parallel"]["frames"] >= 2
+    best = max(result[k]["fps"] for k in runs)
+    assert result[result["best"]]["fps"] == best
     assert result["ratios"]["edged/raw_litert"] == pytest.approx(best / raw["fps"], rel=0.01)
+    assert result["ratios"]["edged_raw_parallel/mediapipe"] is None
     assert result["ratios"]["edged/mediapipe"] is None
     assert result["goals"][0]["met"] is None  # no baseline, no verdict
     assert "MediaPipe: --no-mediapipe" in stream.table(result)
+    assert "edged run, raw masks, parallel = 2" in stream.table(result)
+    labels = [row[1] for row in headline.stream_rows(result)]
+    assert "selfie fps with raw masks, parallel = 2 (vs MediaPipe)" in labels
 
 
 def test_superres_suite_compares_tiled_with_untiled(

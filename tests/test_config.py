@@ -65,6 +65,22 @@ def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.M
             "streams.0.name",
             "'a b'",
         ),
+        (
+            '[[streams]]\nname = "a"\nsource = "x"\ntask = "segmentation"\nparallel = 0\n',
+            "streams.0.parallel: Input should be greater than or equal to 1",
+            "(got 0)",
+        ),
+        (
+            '[[streams]]\nname = "a"\nsource = "x"\ntask = "segmentation"\nparallel = 9\n',
+            "streams.0.parallel: Input should be less than or equal to 4",
+            "(got 9)",
+        ),
+        (
+            '[service]\nworkers = 2\n[[streams]]\nname = "a"\nsource = "x"\n'
+            'task = "segmentation"\nparallel = 3\n',
+            "streams a: parallel exceeds service.workers (2)",
+            "raise [service] workers or lower parallel",
+        ),
     ],
 )
 def test_invalid_config_exit_2_names_field(tmp_path: Path, toml: str, field: str, got: str) -> None:

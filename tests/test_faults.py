@@ -250,7 +250,9 @@ def test_sigterm_during_generation_cancels_it_and_exits_0_within_the_stop_timeou
     tmp_path: Path,
 ) -> None:
     models = tmp_path / "models"
-    make_tiny_sd_dir(models / "tiny_sd")
+    # A UNet heavy enough (milliseconds per step) that 1000 steps outlast the drain time
+    # by far: the default tiny one runs them in about a second, a race with the SIGTERM.
+    make_tiny_sd_dir(models / "tiny_sd", unet_channels=512)
     daemon = start(tmp_path / "d", {"model_dirs": [models]}, service={"drain_timeout_s": 0.5})
     requests, results = endpoints()
     collector = Collector(results)

@@ -53,10 +53,14 @@ def stream_rows(s: dict[str, Any]) -> list[Row]:
     e, mp, raw = s.get("edged", {}), s.get("mediapipe", {}), s.get("raw_litert", {})
     par = s.get("raw_litert_parallel", {})
     extra: list[Row] = []
-    if "edged_raw" in s:
-        r = s["edged_raw"]
-        extra.append(["stream", "selfie fps with raw masks (vs MediaPipe)", r.get("fps"),
-                      mp.get("fps", "-"), fmt_ratio(ratio(r.get("fps"), mp.get("fps"))), ""])  # fmt: skip
+    for key, label in (
+        ("edged_raw", "raw masks"),
+        ("edged_raw_parallel", "raw masks, parallel = 2"),
+    ):
+        if key in s:
+            r = s[key]
+            extra.append(["stream", f"selfie fps with {label} (vs MediaPipe)", r.get("fps"),
+                          mp.get("fps", "-"), fmt_ratio(ratio(r.get("fps"), mp.get("fps"))), ""])  # fmt: skip
     if par:
         extra.append(["stream", f"raw LiteRT, {par.get('interpreters')} x 1-thread interpreters "
                       "in parallel (vs MediaPipe): the overlap ceiling", par.get("fps"),

@@ -6,7 +6,9 @@ The benchmark makes its own clip: 640x360 crops panning across a real photo
 - ``edged``: a real ``edged run`` subprocess with the clip as a looping ``[[streams]]`` video
   source publishing masks; a subscriber in this process counts results for ``--seconds``
   after a warm-up: frames published per second, frames dropped (gaps in ``seq``), and the
-  end-to-end latency from capture (the source's ``captured_at``) to the subscriber.
+  end-to-end latency from capture (the source's ``captured_at``) to the subscriber. Run with
+  PNG masks, raw masks, and raw masks with ``parallel = 2`` (two frames at once, each on its
+  own copy of the model with half the threads).
 - ``raw LiteRT loop`` (ceiling): the same clip through ``ai_edge_litert`` directly: decode,
   resize, invoke, resize back, threshold; no daemon, no publishing. Also with N interpreters
   of one thread each on alternate frames: what overlapping frames would give.
@@ -26,9 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edged.bench import venvs
 from edged.bench.common import (
     add_bench_args,
     bench_settings,
@@ -42,10 +41,16 @@ from edged.bench.common import (
     ratio,
 )
 from edged.bench.daemon import BenchDaemon
+from edged.bench.stream_loops import (
+    SIZE,
+    baseline,
+    make_clip,
+    raw_litert_loop,
+    raw_litert_parallel,
+)
 from edged.errors import BackendUnavailable, EdgedError
 
 MODEL = "selfie_segmentation"
-SIZE = (640, 360)
 GOAL_RATIO = 1.5
 
 
@@ -61,122 +66,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--no-mediapipe", action="store_true", help="skip the MediaPipe venv")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (median)")
     parser.set_defaults(handler=_handler)
-
-
-def make_clip(path: Path, frames: int = 150, fps: float = 30.0) -> Path:
-    """A 640x360 MJPG clip panning over a real photo (synthetic if the photo is absent)."""
-    from edged.bench.common import bench_image
-    from edged.testing_daemon import moving_frames, write_video
-
-    photo = bench_image(1280, 720)
-    return write_video(path, moving_frames(photo, frames, size=SIZE), fps=fps)
-
-
-class ClipReader:
-    """Decoded RGB frames of the clip, restarting it at the end; safe to share by threads.
-
-    The loops decode inside the timed region, as edged's daemon (and any application)
-    must: a baseline that skipped decoding would not be doing the same job.
-    """
-
-    def __init__(self, path: Path) -> None:
-        import threading
-
-        import cv2
-
-        self._cv2 = cv2
-        self.path = path
-        self._cap = cv2.VideoCapture(str(path))
-        self._lock = threading.Lock()
-
-    def read(self) -> np.ndarray[Any, Any]:
-        with self._lock:
-            ok, bgr = self._cap.read()
-            if not ok:
-                self._cap.release()
-                self._cap = self._cv2.VideoCapture(str(self.path))
-                ok, bgr = self._cap.read()
-                if not ok:
-                    raise EdgedError(f"cannot read the benchmark clip {self.path}")
-        rgb: np.ndarray[Any, Any] = self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
-        return rgb
-
-    def close(self) -> None:
-        self._cap.release()
-
-
-def _segmenter(model_path: Path, threads: int) -> Any:
-    """One interpreter and a frame -> mask function around it (the least work possible)."""
-    import cv2
-
-    from edged.runtime.litert import _import_interpreter
-
-    interpreter_cls, _ = _import_interpreter()
-    interp = interpreter_cls(model_path=str(model_path), num_threads=threads)
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    th, tw = int(inp["shape"][1]), int(inp["shape"][2])
-
-    def one(rgb: Any) -> Any:
-        small = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_LINEAR)
-        interp.set_tensor(inp["index"], (small.astype(np.float32) * (1 / 255.0))[None])
-        interp.invoke()
-        prob = interp.get_tensor(out["index"])[0, :, :, 0]
-        big = cv2.resize(prob, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-        return (big >= 0.5).astype(np.uint8) * 255
-
-    return one
-
-
-def raw_litert_loop(model_path: Path, clip: Path, frames: int, threads: int) -> dict[str, Any]:
-    """The ceiling of a one-frame-at-a-time pipeline: decode + interpreter calls, no daemon."""
-    one = _segmenter(model_path, threads)
-    reader = ClipReader(clip)
-    for _ in range(20):
-        one(reader.read())
-    per_frame: list[float] = []
-    start = time.perf_counter_ns()
-    for _ in range(frames):
-        t0 = time.perf_counter_ns()
-        one(reader.read())
-        per_frame.append((time.perf_counter_ns() - t0) / 1e6)
-    seconds = (time.perf_counter_ns() - start) / 1e9
-    reader.close()
-    return {
-        "fps": round(frames / seconds, 2),
-        "frames": frames,
-        "frame_p50_ms": round(percentile(per_frame, 50), 3),
-    }
-
-
-def raw_litert_parallel(model_path: Path, clip: Path, frames: int, threads: int) -> dict[str, Any]:
-    """``threads`` interpreters of 1 thread each, frames in parallel: the ceiling of a
-    pipeline that overlaps frames instead of splitting one frame across cores."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = max(1, threads)
-    segmenters = [_segmenter(model_path, 1) for _ in range(workers)]
-    reader = ClipReader(clip)
-
-    def work(i: int, count: int) -> None:
-        for _ in range(count):
-            segmenters[i](reader.read())
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(work, range(workers), [10] * workers))
-        start = time.perf_counter_ns()
-        counts = [frames // workers + (i < frames % workers) for i in range(workers)]
-        list(pool.map(work, range(workers), counts))
-        seconds = (time.perf_counter_ns() - start) / 1e9
-    reader.close()
-    return {"fps": round(frames / seconds, 2), "frames": frames, "interpreters": workers}
-
-
-def mediapipe_loop(clip: Path, frames: int) -> dict[str, Any]:
-    python = venvs.ensure_venv(venvs.MEDIAPIPE)
-    script = venvs.script("mediapipe_baseline.py")
-    return venvs.run_json(python, script, ["--video", str(clip), "--frames", str(frames)], 600)
 
 
 def collect(endpoint: str, warmup_s: float, seconds: float) -> list[tuple[float, dict[str, Any]]]:
@@ -210,11 +99,8 @@ def collect(endpoint: str, warmup_s: float, seconds: float) -> list[tuple[float,
     return got
 
 
-def stream_encodings() -> list[str]:
-    """Mask encodings to measure: PNG (the default), and raw when streams can be told to."""
-    from edged.config import StreamSettings
-
-    return ["png", "raw"] if "encoding" in StreamSettings.model_fields else ["png"]
+DAEMON_RUNS = {"edged": ("png", 1), "edged_raw": ("raw", 1), "edged_raw_parallel": ("raw", 2)}
+"""Result key -> (mask encoding, frames of the stream processed at once)."""
 
 
 def edged_stream(
@@ -226,10 +112,14 @@ def edged_stream(
     work: Path,
     warmup_s: float = 2.0,
     encoding: str = "png",
+    parallel: int = 1,
 ) -> dict[str, Any]:
-    stream = {"name": "cam0", "source": str(clip), "task": "segmentation", "model": MODEL}
+    stream: dict[str, Any] = {"name": "cam0", "source": str(clip), "task": "segmentation"}
+    stream["model"] = MODEL
     if encoding != "png":
         stream["encoding"] = encoding
+    if parallel > 1:
+        stream["parallel"] = parallel
     daemon = BenchDaemon(
         work,
         model_dirs=list(settings.model_dirs),
@@ -241,7 +131,7 @@ def edged_stream(
         got = collect(daemon.results_endpoint, warmup_s=warmup_s, seconds=seconds)
     if len(got) < 2:
         raise EdgedError(f"the daemon published {len(got)} results in {seconds:g} s")
-    return stream_figures(got, seconds)
+    return {**stream_figures(got, seconds), "parallel": parallel}
 
 
 def stream_figures(got: list[tuple[float, dict[str, Any]]], seconds: float) -> dict[str, Any]:
@@ -289,11 +179,17 @@ def run_suite(
         result["clip"] = "640x360 MJPG, 150 frames panning over zidane.jpg, looped"
         runs: dict[str, list[dict[str, Any]]] = {}
         for i in range(rounds):
-            for enc in stream_encodings():
-                work = Path(tmp) / f"daemon-{enc}-{i}"
-                runs.setdefault("edged" if enc == "png" else f"edged_{enc}", []).append(
+            for key, (enc, par) in DAEMON_RUNS.items():
+                runs.setdefault(key, []).append(
                     edged_stream(
-                        settings, clip, threads, seconds, work=work, warmup_s=warmup_s, encoding=enc
+                        settings,
+                        clip,
+                        threads,
+                        seconds,
+                        work=Path(tmp) / f"daemon-{key}-{i}",
+                        warmup_s=warmup_s,
+                        encoding=enc,
+                        parallel=par,
                     )
                 )
             runs.setdefault("raw_litert", []).append(
@@ -303,7 +199,7 @@ def run_suite(
                 raw_litert_parallel(paths[0], clip, frames, threads)
             )
             runs.setdefault("mediapipe", []).append(
-                _baseline(clip, frames) if mediapipe else {"skipped": "--no-mediapipe"}
+                baseline(clip, frames) if mediapipe else {"skipped": "--no-mediapipe"}
             )
         result["rounds"] = rounds
         result.update({name: merge_rounds(found) for name, found in runs.items()})
@@ -327,19 +223,16 @@ def merge_rounds(found: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _baseline(clip: Path, frames: int) -> dict[str, Any]:
-    try:
-        return mediapipe_loop(clip, frames)
-    except BackendUnavailable as exc:
-        return {"error": str(exc)}
-
-
 def _with_ratios(result: dict[str, Any]) -> dict[str, Any]:
-    fps = max(float(result[k]["fps"]) for k in ("edged", "edged_raw") if k in result)
+    # The goal is judged on the daemon's best configuration: each is one stream setting away.
+    runs = {k: float(result[k]["fps"]) for k in DAEMON_RUNS if k in result}
+    result["best"] = best = max(runs, key=lambda k: runs[k])
     mp_fps = result["mediapipe"].get("fps")
+    own = {f"{k}/mediapipe": ratio(fps, mp_fps) for k, fps in runs.items() if k != "edged"}
     result["ratios"] = {
-        "edged/mediapipe": ratio(fps, mp_fps),
-        "edged/raw_litert": ratio(fps, result["raw_litert"]["fps"]),
+        "edged/mediapipe": ratio(runs[best], mp_fps),
+        **own,
+        "edged/raw_litert": ratio(runs[best], result["raw_litert"]["fps"]),
         "raw_litert/mediapipe": ratio(result["raw_litert"]["fps"], mp_fps),
         "raw_litert_parallel/mediapipe": ratio(result["raw_litert_parallel"]["fps"], mp_fps),
     }
@@ -364,10 +257,12 @@ def table(result: dict[str, Any]) -> str:
         ["MediaPipe 0.10.14 legacy SelfieSegmentation", mp.get("fps"), "-",
          mp.get("frame_p50_ms"), "-", fmt_ratio(ratio(mp.get("fps"), e["fps"]))],
     ]  # fmt: skip
-    if "edged_raw" in result:
-        r = result["edged_raw"]
-        rows.insert(1, ["edged run, raw masks", r["fps"], r["dropped"], r["e2e_p50_ms"],
-                        r["e2e_p95_ms"], fmt_ratio(ratio(r["fps"], e["fps"]))])  # fmt: skip
+    for at, (key, label) in enumerate(
+        [("edged_raw", "raw masks"), ("edged_raw_parallel", "raw masks, parallel = 2")], 1
+    ):
+        if (r := result.get(key)) is not None:
+            rows.insert(at, [f"edged run, {label}", r["fps"], r["dropped"], r["e2e_p50_ms"],
+                             r["e2e_p95_ms"], fmt_ratio(ratio(r["fps"], e["fps"]))])  # fmt: skip
     headers = [
         "pipeline (640x360 selfie)",
         "fps",
@@ -388,7 +283,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"\nMediaPipe: {mp_note}")
     g = result["goals"][0]
     state = "unmeasured" if g["met"] is None else "met" if g["met"] else "NOT met"
-    lines.append(f"\nGoal {g['goal']}: {fmt_ratio(g['value'])}: {state}")
+    best = result.get("best", "edged")
+    lines.append(f"\nGoal {g['goal']}: {fmt_ratio(g['value'])} ({best}): {state}")
     lines.append(
         "Latency: edged = capture -> subscriber; loops = one frame's processing (no queue)."
     )

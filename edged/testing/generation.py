@@ -187,15 +187,24 @@ def make_tiny_sd_dir(
     scheduler: str = "EulerDiscreteScheduler",
     timestep_int64: bool = False,
     unet_ballast_mb: float = 0.0,
+    unet_channels: int = 64,
 ) -> Path:
-    """A diffusers/optimum ONNX layout with tiny real-IO graphs (SD-Turbo-like by default)."""
+    """A diffusers/optimum ONNX layout with tiny real-IO graphs (SD-Turbo-like by default).
+
+    ``unet_channels`` sets the UNet's work per step (its token-mixing MatMul grows with the
+    square): a few hundred makes each step take milliseconds, for tests that must catch a job
+    in the middle of its steps.
+    """
     import json
 
     tok = write_tiny_clip_tokenizer(dest / "tokenizer")
     vocab_size = len(json.loads((tok / "vocab.json").read_text("utf-8")))
     make_tiny_text_encoder(dest / "text_encoder" / "model.onnx", vocab=vocab_size)
     make_tiny_unet(
-        dest / "unet" / "model.onnx", timestep_int64=timestep_int64, ballast_mb=unet_ballast_mb
+        dest / "unet" / "model.onnx",
+        channels=unet_channels,
+        timestep_int64=timestep_int64,
+        ballast_mb=unet_ballast_mb,
     )
     make_tiny_vae_decoder(dest / "vae_decoder" / "model.onnx")
     sched: dict[str, Any] = {
