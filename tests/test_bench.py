@@ -175,8 +175,12 @@ def test_stream_suite_counts_published_frames(shared_models: Path, shared_images
     assert result["goals"][0]["met"] is None  # no baseline, no verdict
     assert "MediaPipe: --no-mediapipe" in stream.table(result)
     assert "edged run, raw masks, parallel = 2" in stream.table(result)
-    labels = [row[1] for row in headline.stream_rows(result)]
-    assert "selfie fps with raw masks, parallel = 2 (vs MediaPipe)" in labels
+    rows = headline.stream_rows(result)
+    assert "selfie fps with raw masks, parallel = 2 (vs MediaPipe)" in [row[1] for row in rows]
+    # The goal's verdict sits on the row of the configuration it was judged on, only there.
+    marked = [row for row in rows if row[5]]
+    assert [row[5] for row in marked] == ["unmeasured"]
+    assert marked[0][2] == result[result["best"]]["fps"]
 
 
 def test_superres_suite_compares_tiled_with_untiled(
