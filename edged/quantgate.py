@@ -107,7 +107,10 @@ class GateResult:
         return out
 
     def summary(self) -> str:
-        nums = ", ".join(f"{k} {v:.2f}" for k, v in self.values.items())
+        # IoU limits sit at the third decimal (0.97): two would print a failing 0.968 as 0.97.
+        nums = ", ".join(
+            f"{k} {v:.3f}" if k == "iou" else f"{k} {v:.2f}" for k, v in self.values.items()
+        )
         verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.reasons)
         return f"{self.metric} {nums} -> {verdict}"
 

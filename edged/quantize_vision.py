@@ -113,7 +113,8 @@ def fp32_onnx(entry: ModelEntry, catalog: Catalog) -> tuple[ModelFile, Path]:
     have = ", ".join(f"{f.path} ({f.format}/{f.precision})" for f in entry.files) or "no files"
     raise ModelNotFound(
         f"{entry.name} has no installed fp32 ONNX file to quantize (has {have}); "
-        f"run `edged models fetch {entry.name}` or pass an .onnx path"
+        f"run `edged models fetch {entry.name}` or pass an .onnx path; models OpenVINO reads "
+        "(TFLite) quantize with --format openvino"
     )
 
 
@@ -356,11 +357,7 @@ def quantize_catalog_model(
                 quant.close()
         if result.gate is not None and not result.gate.passed and not keep_failed:
             result.dst = None
-            raise GateFailed(
-                f"{name} {scheme} refused by the accuracy gate on {result.gate.images} "
-                f"held-out images: {result.gate.summary()}; nothing was written "
-                "(--keep-failed keeps it, registered as failed)"
-            )
+            raise refusal(name, scheme, result.gate)
         os.replace(out, dst)
     new = ModelFile(
         format="onnx",
@@ -373,19 +370,29 @@ def quantize_catalog_model(
     )
     result.manifest = register_variant(settings, catalog, entry, new)
     log.info("variant_registered", model=name, path=str(dst), gate=new.gate)
-    if not _on_search_path(settings, dst):
-        # Catalogue files are names looked up on model_dirs: say so rather than stay silent.
-        result.note = (
-            f"{dst.parent} is not on the model search path, so edged will not load this "
-            f"variant: add it to model_dirs (EDGED_MODEL_DIRS) or quantize without --out"
-        )
-        log.warning("variant_outside_model_dirs", path=str(dst))
+    result.note = search_path_note(settings, dst)
     return result
 
 
-def _on_search_path(settings: Settings, path: Path) -> bool:
-    where = path.parent.resolve()
-    return any(d.resolve() == where for d in settings.model_search_path)
+def refusal(name: str, scheme: str, gate: GateResult) -> GateFailed:
+    """The error of a variant the gate refused: the numbers, and that nothing was written."""
+    return GateFailed(
+        f"{name} {scheme} refused by the accuracy gate on {gate.images} held-out images: "
+        f"{gate.summary()}; nothing was written (--keep-failed keeps it, registered as failed)"
+    )
+
+
+def search_path_note(settings: Settings, dst: Path) -> str | None:
+    """Catalogue files are names looked up on model_dirs: a variant written elsewhere is said
+    to be unreachable rather than left silently unused."""
+    where = dst.parent.resolve()
+    if any(d.resolve() == where for d in settings.model_search_path):
+        return None
+    log.warning("variant_outside_model_dirs", path=str(dst))
+    return (
+        f"{dst.parent} is not on the model search path, so edged will not load this "
+        f"variant: add it to model_dirs (EDGED_MODEL_DIRS) or quantize without --out"
+    )
 
 
 def _destination(out: Path, src: Path, scheme: str) -> Path:

@@ -21,10 +21,10 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edged.bench.quant_variants import Variant, file_format, fp32_for, variants
 from edged.calibration import (
     SEG_FAMILIES,
     SR_FAMILIES,
@@ -34,8 +34,8 @@ from edged.calibration import (
     sr_pair,
     sr_upscale_y,
 )
-from edged.catalog import Catalog, file_sha256
-from edged.catalog_schema import ModelEntry, ModelFile
+from edged.catalog import Catalog
+from edged.catalog_schema import ModelEntry
 from edged.cli.common import (
     add_common,
     add_gate_flags,
@@ -57,14 +57,6 @@ TIME_BUDGET_S = 5.0
 MIN_RUNS = 3
 """Each measurement stops after ``--runs`` or ~5 s (at least 3 runs): Real-ESRGAN x4plus
 takes seconds per call."""
-
-
-@dataclass
-class Variant:
-    path: Path
-    file: ModelFile | None  # None: made here, not (yet) in the catalogue
-    gate: GateResult | None = None
-    note: str | None = None
 
 
 def register(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -124,7 +116,13 @@ def time_file(
         session.close()
 
 
-def _open_for_gate(path: Path) -> Session:
+def _open_for_gate(path: Path, *, openvino: bool = False, precision: str = "fp32") -> Session:
+    """The runtime a file is gated on: OpenVINO for OpenVINO variants (and their fp32
+    reference, whatever its format), else the file's own runtime."""
+    if openvino:
+        from edged.quantize_openvino import ov_session
+
+        return ov_session(path, precision)
     backend = "litert:xnnpack" if path.suffix == ".tflite" else "onnx:cpu"
     return open_session(config_for(backend, precision="fp32"), path, warmup=False)
 
@@ -139,64 +137,14 @@ def gate_variant(
     from edged.quantize_vision import BIG_MODEL, evaluate_gate
 
     crop = 64 if fp32_path.stat().st_size > BIG_MODEL else None
-    fp32, quant = _open_for_gate(fp32_path), _open_for_gate(variant.path)
+    ov = file_format(variant.path) == "openvino"
+    fp32 = _open_for_gate(fp32_path, openvino=ov)
+    quant = _open_for_gate(variant.path, openvino=ov, precision="int8" if ov else "fp32")
     try:
         return evaluate_gate(entry, fp32, quant, calib, thresholds, crop=crop)
     finally:
         fp32.close()
         quant.close()
-
-
-def _installed(catalog: Catalog, entry: ModelEntry, precision: str) -> list[tuple[ModelFile, Path]]:
-    found = catalog.installed(entry)
-    return [(f, found[f.path]) for f in entry.files if f.precision == precision and f.path in found]
-
-
-def made_here(settings: Settings, entry: ModelEntry, src: Path, calib: CalibrationSet) -> Variant:
-    """The QDQ variant of an fp32 ONNX file, cached by source and calibration images."""
-    import tempfile
-
-    from edged.quantize_vision import calibrated_qdq
-
-    cache = settings.cache_dir / "quantization"
-    dst = cache / f"{src.stem}.{file_sha256(src)[:8]}.{calib.digest[:8]}.qdq-int8.onnx"
-    if not dst.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".quant-", dir=cache) as tmp:
-            work = Path(tmp) / "trials"
-            work.mkdir()
-            out = Path(tmp) / dst.name
-            excluded, _ = calibrated_qdq(entry, src, out, calib, work)
-            out.replace(dst)
-            (cache / f"{dst.name}.excluded").write_text(",".join(excluded), "utf-8")
-    return Variant(dst, None)
-
-
-def variants(
-    settings: Settings,
-    catalog: Catalog,
-    entry: ModelEntry,
-    calib: CalibrationSet | None,
-    quantize: bool,
-) -> list[Variant]:
-    found = [Variant(p, f) for f, p in _installed(catalog, entry, "int8")]
-    onnx_fp32 = [p for f, p in _installed(catalog, entry, "fp32") if f.format == "onnx"]
-    has_onnx_int8 = any(v.path.suffix == ".onnx" for v in found)
-    if quantize and calib is not None and onnx_fp32 and not has_onnx_int8:
-        try:
-            found.append(made_here(settings, entry, onnx_fp32[0], calib))
-        except Exception as exc:  # one model's quantizer failure must not end the bench
-            note = f"quantization failed: {one_line(exc, 160)}"
-            found.append(Variant(onnx_fp32[0], None, note=note))
-    return found
-
-
-def _fp32_for(catalog: Catalog, entry: ModelEntry, fmt: str) -> Path | None:
-    return next((p for f, p in _installed(catalog, entry, "fp32") if f.format == fmt), None)
-
-
-def _fmt(path: Path) -> str:
-    return "tflite" if path.suffix == ".tflite" else "onnx"
 
 
 def _sample(entry: ModelEntry, images: list[Any], size: int) -> Any:
@@ -220,9 +168,9 @@ def _accuracy(
 
     thresholds = thresholds_from(settings)
     for v in found:
-        fp32 = _fp32_for(catalog, entry, _fmt(v.path))
+        fp32 = fp32_for(catalog, entry, file_format(v.path))
         if v.note or fp32 is None:
-            v.note = v.note or f"no fp32 {_fmt(v.path)} file to compare with"
+            v.note = v.note or f"no fp32 {file_format(v.path)} file to compare with"
             continue
         try:
             v.gate = gate_variant(entry, fp32, v, calib, thresholds)
@@ -254,14 +202,14 @@ def speed_row(
 ) -> dict[str, Any] | None:
     """fp32 vs int8 on one backend (None when the backend reads no file of the model)."""
     formats = FORMAT_OF_RUNTIME.get(split_backend(backend)[0], ())
-    readable = [v for v in found if _fmt(v.path) in formats and not v.note]
-    int8 = min(readable, key=lambda v: formats.index(_fmt(v.path)), default=None)
+    readable = [v for v in found if file_format(v.path) in formats and not v.note]
+    int8 = min(readable, key=lambda v: formats.index(file_format(v.path)), default=None)
     fmt = (
-        _fmt(int8.path)
+        file_format(int8.path)
         if int8
-        else next((f for f in formats if _fp32_for(catalog, entry, f) is not None), None)
+        else next((f for f in formats if fp32_for(catalog, entry, f) is not None), None)
     )
-    fp32 = _fp32_for(catalog, entry, fmt) if fmt else None
+    fp32 = fp32_for(catalog, entry, fmt) if fmt else None
     if fp32 is None:
         return None
     row: dict[str, Any] = {"model": entry.name, "task": entry.task, "backend": backend}
@@ -302,7 +250,8 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         calib = sets["sr" if entry.family in SR_FAMILIES else "seg"]
         if calib is None:
             continue
-        found = variants(settings, catalog, entry, calib, not args.no_quantize)
+        openvino = "openvino:cpu" in backends
+        found = variants(settings, catalog, entry, calib, not args.no_quantize, openvino=openvino)
         _accuracy(settings, catalog, entry, found, calib, record=not args.no_record)
         accuracy[entry.name] = {
             v.path.name: v.gate.as_dict() if v.gate else {"note": v.note} for v in found

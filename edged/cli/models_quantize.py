@@ -45,7 +45,11 @@ def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParse
         help="NAME: real images; calibrates static QDQ and runs the accuracy gate on a held-out split",
     )
     p.add_argument(
-        "--format", default="onnx", choices=("onnx", "tflite"), help="output format (NAME only)"
+        "--format",
+        default="onnx",
+        choices=("onnx", "tflite", "openvino"),
+        help="output format (NAME only); openvino: NNCF int8 IR of a model onnxruntime cannot "
+        "quantize (TFLite-only segmentation), needs --calibration",
     )
     add_gate_flags(p)
     p.add_argument(
@@ -106,25 +110,28 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _quantize_name(args: argparse.Namespace) -> int:
-    """NAME: calibrated QDQ, the accuracy gate, registration (``edged.quantize_vision``);
-    the gate flags override the ``[quantization]`` settings."""
+    """NAME: calibrated QDQ (or NNCF for ``--format openvino``), the accuracy gate,
+    registration; the gate flags override the ``[quantization]`` settings."""
     from edged.quantize_vision import GateFailed, quantize_catalog_model  # numpy: not for --help
 
     if args.format == "tflite":
         raise BadRequest(
             "--format tflite: converting to TFLite needs the TensorFlow converter, which edged "
-            "does not use; quantize to ONNX (--format onnx) or add a TFLite int8 file made "
-            "elsewhere with `edged models add ... --precision int8`"
+            "does not use; quantize to ONNX (--format onnx), to OpenVINO IR (--format openvino, "
+            "which reads TFLite models), or add a TFLite int8 file made elsewhere with "
+            "`edged models add ... --precision int8`"
         )
     settings = settings_from_args(args, **gate_overrides(args))
-    result = quantize_catalog_model(
-        settings,
-        str(args.src),
-        args.scheme or "qdq-int8",
-        args.calibration,
-        keep_failed=args.keep_failed,
-        out_dir=args.out,
-    )
+    kwargs: dict[str, Any] = {"keep_failed": args.keep_failed, "out_dir": args.out}
+    if args.format == "openvino":
+        from edged.quantize_openvino import quantize_catalog_openvino
+
+        if args.scheme not in (None, "qdq-int8"):
+            raise BadRequest("--format openvino makes static int8 only (--scheme qdq-int8)")
+        result = quantize_catalog_openvino(settings, str(args.src), args.calibration, **kwargs)
+    else:
+        scheme = args.scheme or "qdq-int8"
+        result = quantize_catalog_model(settings, str(args.src), scheme, args.calibration, **kwargs)
     print_json(result.as_dict())
     # A variant kept with --keep-failed still failed: same exit code as the refusal.
     return 0 if result.gate is None or result.gate.passed else GateFailed.exit_code

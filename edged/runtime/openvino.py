@@ -36,6 +36,13 @@ _DEVICE_HINT = {
     "NPU": "install the Intel NPU driver (intel/linux-npu-driver) and check /dev/accel/accel*",
 }
 _PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+IR_XML = "model.xml"
+"""An IR saved as a directory (``edged.quantize_openvino``) holds its graph under this name."""
+
+
+def model_file(path: Path) -> Path:
+    """What to compile for a catalogue path: the file itself, or an IR directory's graph."""
+    return path / IR_XML if path.is_dir() else path
 
 
 class OpenVINOConfig(StrictModel):
@@ -129,7 +136,7 @@ class OpenVINOSession:
         if blobs is None:
             props.pop("CACHE_DIR", None)
         try:
-            self._compiled = core.compile_model(str(path), config.device, props)
+            self._compiled = core.compile_model(str(model_file(path)), config.device, props)
         except RuntimeError as exc:  # frontend/plugin errors (unsupported op, bad file)
             raise ModelLoadError(f"OpenVINO cannot load {path.name}: {one_line(exc)}") from exc
         # A diagnostic label only: a load that wrote no new blob imported an existing one.
