@@ -105,9 +105,16 @@ def raise_for_error(header: dict[str, Any]) -> None:
     raise ERRORS.get(code, EdgedError)(f"server: {message} ({code})")
 
 
-def _image_payload(name: str, value: ImageInput) -> tuple[str, Encoding, bytes, dict[str, Any]]:
+def _image_payload(
+    name: str, value: ImageInput, encoding: Encoding | None = None
+) -> tuple[str, Encoding, bytes, dict[str, Any]]:
+    """A request payload; arrays travel ``raw`` when the reply is asked ``raw``/``npy`` (no
+    codec on either side: the fast path on ipc:// and loopback), else as lossless PNG."""
     if isinstance(value, np.ndarray):
-        data, used = encode_array(np.ascontiguousarray(value, dtype=np.uint8), "png")
+        arr = np.ascontiguousarray(value, dtype=np.uint8)
+        if encoding in ("raw", "npy"):
+            return name, "raw", arr.tobytes(), {"shape": list(arr.shape), "dtype": "uint8"}
+        data, used = encode_array(arr, "png")
         return name, used, data, {}
     if isinstance(value, (str, Path)):
         path = Path(value)
@@ -201,10 +208,14 @@ class Client:
         backend: str | None = None,
         encoding: Encoding | None = None,
     ) -> ClientReply:
-        """Run ``task`` on the daemon; raises the EdgedError matching a failed reply."""
-        payloads = [_image_payload("image", image)] if image is not None else []
+        """Run ``task`` on the daemon; raises the EdgedError matching a failed reply.
+
+        ``encoding`` codes the reply's images; with ``raw`` or ``npy`` array inputs are sent
+        raw too (PNG otherwise). Files are sent as they are (PNG or JPEG).
+        """
+        payloads = [_image_payload("image", image, encoding)] if image is not None else []
         if mask is not None:
-            payloads.append(_image_payload("mask", mask))
+            payloads.append(_image_payload("mask", mask, encoding))
         return self.call(
             task,
             payloads=payloads,

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -244,3 +245,42 @@ def test_cli_subscribe_saves_payloads(publisher: Publisher, tmp_path: Path) -> N
     np.testing.assert_array_equal(
         np.load(first["files"]["scores"]), np.arange(4, dtype=np.float32) * first["seq"]
     )
+
+
+@pytest.mark.parametrize(("encoding", "sent"), [(None, "png"), ("png", "png"), ("raw", "raw")])
+def test_array_inputs_travel_raw_when_the_reply_is_raw(
+    tmp_path: Path, encoding: str | None, sent: str
+) -> None:
+    """A raw reply means a local client: its array goes out raw too, no PNG codec either way."""
+    import threading
+
+    import zmq
+
+    from edged.io.context import get_context
+    from edged.io.protocol import Reply
+    from edged.io.server import split_envelope
+
+    router = get_context().socket(zmq.ROUTER)
+    router.bind(f"ipc://{tmp_path}/wire.sock")
+    headers: list[dict[str, Any]] = []
+
+    def answer_one() -> None:
+        envelope, body = split_envelope(router.recv_multipart())
+        headers.append(json.loads(body[0]))
+        reply = Reply.success(task="superres").to_frames(headers[0]["id"])
+        router.send_multipart([*envelope, *reply])
+
+    server = threading.Thread(target=answer_one)
+    server.start()
+    try:
+        with Client(f"ipc://{tmp_path}/wire.sock", timeout_s=20) as client:
+            client.request("superres", image=_rgb(9, 11), encoding=encoding)  # type: ignore[arg-type]
+    finally:
+        server.join(20)
+        router.close(linger=0)
+    payload: dict[str, Any] = headers[0]["payloads"][0]
+    assert len(headers[0]["payloads"]) == 1
+    assert payload["encoding"] == sent
+    assert headers[0].get("encoding") == encoding
+    if sent == "raw":
+        assert (payload["shape"], payload["dtype"]) == ([9, 11, 3], "uint8")
