@@ -53,6 +53,8 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
     future: Future[TaskResult] = field(default_factory=Future)
     cancel: threading.Event = field(default_factory=threading.Event)
+    started_at: float = 0.0
+    """``time.monotonic()`` when a worker took it (0 while queued)."""
 
 
 @dataclass
@@ -267,6 +269,7 @@ class Scheduler:
                 if not job.future.set_running_or_notify_cancel():
                     continue
                 queue.running += 1
+                job.started_at = time.monotonic()
                 index, count = queue.claim_replica()
                 self._running_jobs.add(job)
             with replica(index, count):

@@ -248,7 +248,15 @@ def test_daemon_parallel_stream_publishes_every_frame_once_in_order(
                 lambda: client.stats()["scheduler"]["streams"]["par"]["done"] == count, 30
             )
             stats = client.stats()
-        collector.pump(0.2)
+            collector.pump(0.2)
+            # Frames of a few ms publish their results, not "0/1" and "1/1" progress events;
+            # a request's progress is still published (a client may follow it by id).
+            assert not collector.results("events.segmentation")
+            image = _portrait(shared_images, 96)
+            rid = client.request("segmentation", image, encoding="raw").header["id"]
+            assert collector.until(
+                lambda m: m.topic == "events.segmentation" and m.header["data"]["id"] == rid, 10
+            )
         seqs = [int(m.header["seq"]) for m in collector.results("par.segmentation")]
         assert seqs == list(range(count)), daemon.log()
         assert stats["scheduler"]["streams"]["par"]["failed"] == 0
