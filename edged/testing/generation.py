@@ -95,12 +95,14 @@ def make_tiny_unet(
     seed: int = 2,
     timestep_int64: bool = False,
     ballast_mb: float = 0.0,
+    sdxl_pooled: int = 0,
 ) -> Path:
     """UNet IO: (sample [B,4,h,w], timestep [B], encoder_hidden_states [B,77,D]) -> out_sample.
 
     Conv in/out plus a token-mixing MatMul so int8/int4 quantizers have real work to do.
     ``ballast_mb`` adds a text-projection weight of that size (used, so never optimised away)
-    to make the UNet heavy enough for memory-budget tests.
+    to make the UNet heavy enough for memory-budget tests. ``sdxl_pooled`` > 0 adds SDXL's
+    ``text_embeds`` [B, P] and ``time_ids`` [B, 6] inputs, both added to the time embedding.
     """
     onnx = _onnx()
     h, tp, rng, c = onnx.helper, onnx.TensorProto, np.random.default_rng(seed), channels
@@ -141,14 +143,32 @@ def make_tiny_unet(
         _init(onnx, rng, "Wout", (4, c, 3, 3), 0.05),
     ]
     t_type = tp.INT64 if timestep_int64 else tp.FLOAT
+    inputs = [
+        h.make_tensor_value_info("sample", tp.FLOAT, ["batch", 4, "height", "width"]),
+        h.make_tensor_value_info("timestep", t_type, ["steps"]),
+        h.make_tensor_value_info("encoder_hidden_states", tp.FLOAT, ["batch", 77, ctx_dim]),
+    ]
+    if sdxl_pooled:
+        at = next(i for i, n in enumerate(nodes) if n.output[0] == "emb")
+        nodes[at].output[0] = "emb0"
+        nodes[at + 1 : at + 1] = [
+            h.make_node("MatMul", ["text_embeds", "Wte"], ["tep"]),
+            h.make_node("MatMul", ["time_ids", "Wti"], ["tip"]),
+            h.make_node("Add", ["emb0", "tep"], ["emb1"]),
+            h.make_node("Add", ["emb1", "tip"], ["emb"]),
+        ]
+        inits += [
+            _init(onnx, rng, "Wte", (sdxl_pooled, c), sdxl_pooled**-0.5),
+            _init(onnx, rng, "Wti", (6, c), 0.002),  # time_ids are pixel sizes (hundreds)
+        ]
+        inputs += [
+            h.make_tensor_value_info("text_embeds", tp.FLOAT, ["batch", sdxl_pooled]),
+            h.make_tensor_value_info("time_ids", tp.FLOAT, ["batch", 6]),
+        ]
     graph = h.make_graph(
         _named(nodes, "unet"),
         "unet",
-        [
-            h.make_tensor_value_info("sample", tp.FLOAT, ["batch", 4, "height", "width"]),
-            h.make_tensor_value_info("timestep", t_type, ["steps"]),
-            h.make_tensor_value_info("encoder_hidden_states", tp.FLOAT, ["batch", 77, ctx_dim]),
-        ],
+        inputs,
         [h.make_tensor_value_info("out_sample", tp.FLOAT, ["batch", 4, "height", "width"])],
         initializer=inits,
     )

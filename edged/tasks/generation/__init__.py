@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from edged.errors import BadRequest, ModelNotFound
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+from edged.tasks.generation import sdxl
 from edged.tasks.generation.lora import from_params as lora_from_params
 from edged.tasks.generation.parts import wants_parts
 from edged.tasks.generation.pipeline import EmbedFn, GenParams, ModelDir, generate, run_text_encoder
@@ -60,8 +61,9 @@ def _residency(
     from edged.tasks.generation import decoders
 
     parts = {"unet": model.component("unet")}
-    if (model.root / "text_encoder" / "model.onnx").is_file():
-        parts["text_encoder"] = model.component("text_encoder")
+    for name in ("text_encoder", "text_encoder_2"):
+        if (model.root / name / "model.onnx").is_file():
+            parts[name] = model.component(name)
     parts[f"decoder:{decoder}"] = decoders.resolve(engine, decoder, model.root)[0]
     threads = engine.settings.threads if engine is not None else None
     return Residency(
@@ -69,14 +71,17 @@ def _residency(
     )
 
 
-def _text_encoder_path(root: Path) -> Path:
-    path = root / "text_encoder" / "model.onnx"
+def _text_encoder_path(root: Path, name: str = "text_encoder") -> Path:
+    path = root / name / "model.onnx"
     if not path.is_file():
-        raise ModelNotFound(f"{root}: missing text_encoder/model.onnx")
+        raise ModelNotFound(f"{root}: missing {name}/model.onnx")
     return path
 
 
 def local_embedder(root: Path, residency: Residency) -> EmbedFn:
+    """prompt -> conditioning: [1, 77, D], or SDXL's packed [1, 78, W] (see ``sdxl``)."""
+    if sdxl.is_sdxl(root):
+        return _sdxl_embedder(root, residency)
     tokenizer = ClipTokenizer(root / "tokenizer")
     path = _text_encoder_path(root)
 
@@ -87,14 +92,36 @@ def local_embedder(root: Path, residency: Residency) -> EmbedFn:
     return embed
 
 
-def encode_text(engine: Engine | None, prompt: str, model_dir: Path) -> npt.NDArray[np.float32]:
-    """Prompt -> [1, 77, D] float32 embeddings (the ``text_encode`` request handler's work).
+def _sdxl_embedder(root: Path, residency: Residency) -> EmbedFn:
+    names = ("text_encoder", "text_encoder_2")
+    paths = [_text_encoder_path(root, name) for name in names]
+    second = root / "tokenizer_2"
+    tokenizers = (ClipTokenizer(root / "tokenizer"), ClipTokenizer(second))
 
-    Needs only ``tokenizer/`` and ``text_encoder/``: an encoding server holds no UNet.
+    def embed(prompt: str) -> npt.NDArray[np.float32]:
+        outputs = []
+        for name, path, tokenizer in zip(names, paths, tokenizers, strict=True):
+            with residency.use(name, path) as session:
+                outputs.append(sdxl.run_encoder(session, tokenizer.encode(prompt)))
+            residency.release(name)  # staged: one CLIP at a time
+        hidden = np.concatenate([sdxl.penultimate(o) for o in outputs], axis=-1)
+        return sdxl.pack(hidden, sdxl.pooled(outputs[1]))
+
+    return embed
+
+
+def encode_text(engine: Engine | None, prompt: str, model_dir: Path) -> npt.NDArray[np.float32]:
+    """Prompt -> float32 conditioning (the ``text_encode`` request handler's work): [1, 77, D],
+    or for an SDXL-class dir the packed [1, 78, W] of ``edged.tasks.generation.sdxl``.
+
+    Needs only the tokenizers and text encoders: an encoding server holds no UNet.
     """
     path = _text_encoder_path(model_dir)
+    components = {"text_encoder": path}
+    if sdxl.is_sdxl(model_dir):
+        components["text_encoder_2"] = _text_encoder_path(model_dir, "text_encoder_2")
     threads = engine.settings.threads if engine is not None else None
-    residency = Residency(engine, model_dir, threads=threads, components={"text_encoder": path})
+    residency = Residency(engine, model_dir, threads=threads, components=components)
     return embedding_cache(str(path)).get_or_compute(prompt, local_embedder(model_dir, residency))
 
 

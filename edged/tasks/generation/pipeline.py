@@ -20,7 +20,7 @@ import numpy.typing as npt
 from edged.errors import BadRequest, Cancelled, ModelNotFound
 from edged.runtime.base import Session
 from edged.tasks.base import ProgressFn
-from edged.tasks.generation import decoders
+from edged.tasks.generation import decoders, sdxl
 from edged.tasks.generation.parts import unet_session
 from edged.tasks.generation.schedulers import (
     LCM,
@@ -45,6 +45,8 @@ class ModelDir:
     family: str
     scheduler: SchedulerConfig
     vae_scaling: float
+    sdxl: bool = False
+    """Two text encoders, pooled embedding and time_ids (``edged.tasks.generation.sdxl``)."""
 
     @classmethod
     def load(cls, root: Path) -> ModelDir:
@@ -52,13 +54,15 @@ class ModelDir:
             raise ModelNotFound(
                 f"{root}: not a diffusers/optimum ONNX model dir (no unet/model.onnx)"
             )
-        index: dict[str, Any] = {}
-        if (root / "model_index.json").is_file():
-            index = json.loads((root / "model_index.json").read_text("utf-8"))
+        index = _json(root / "model_index.json")
         sched = SchedulerConfig.load(root / "scheduler" / "scheduler_config.json")
-        family = str(index.get("edged_family") or _guess_family(sched))
-        scaling = float(index.get("vae_scaling_factor", 0.18215))
-        return cls(root, family, sched, scaling)
+        xl = sdxl.is_sdxl(root)
+        family = str(index.get("edged_family") or _guess_family(sched, xl))
+        # The VAE's own config first (optimum writes it), then the index; SDXL's VAE differs.
+        vae = _json(root / "vae_decoder" / "config.json")
+        default = 0.13025 if xl else 0.18215
+        scaling = float(vae.get("scaling_factor", index.get("vae_scaling_factor", default)))
+        return cls(root, family, sched, scaling, xl)
 
     def component(self, name: str) -> Path:
         path = self.root / name / "model.onnx"
@@ -68,13 +72,19 @@ class ModelDir:
 
     def defaults(self) -> tuple[int, float]:
         """(steps, guidance_scale) the family is distilled for."""
-        return {"sd-turbo": (1, 0.0), "lcm": (4, 8.0)}.get(self.family, (20, 7.5))
+        known = {"sd-turbo": (1, 0.0), "sdxl-turbo": (1, 0.0), "lcm": (4, 8.0), "sdxl": (20, 5.0)}
+        return known.get(self.family, (20, 7.5))
 
 
-def _guess_family(sched: SchedulerConfig) -> str:
+def _json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text("utf-8"))) if path.is_file() else {}
+
+
+def _guess_family(sched: SchedulerConfig, xl: bool = False) -> str:
     if sched.kind == "LCMScheduler":
         return "lcm"
-    return "sd-turbo" if sched.timestep_spacing == "trailing" else "sd"
+    turbo = sched.timestep_spacing == "trailing"
+    return ("sdxl" if xl else "sd") + ("-turbo" if turbo else "")
 
 
 @dataclass(frozen=True)
@@ -107,10 +117,13 @@ def encode_prompts(
     model: ModelDir, params: GenParams, embed: EmbedFn, cache: EmbeddingCache
 ) -> F32:
     """[1 or 2, 77, D]: (uncond, cond) when CFG is on."""
-    prompts = (
-        [params.negative_prompt, params.prompt] if uses_cfg(model, params) else [params.prompt]
-    )
-    return np.concatenate([cache.get_or_compute(p, embed) for p in prompts], axis=0)
+    cond = cache.get_or_compute(params.prompt, embed)
+    if not uses_cfg(model, params):
+        return cond
+    if model.sdxl and not params.negative_prompt:
+        # SDXL's force_zeros_for_empty_prompt: no negative prompt means zero conditioning.
+        return np.concatenate([np.zeros_like(cond), cond], axis=0)
+    return np.concatenate([cache.get_or_compute(params.negative_prompt, embed), cond], axis=0)
 
 
 def _spec_dtype(session: Session, name: str, default: Any) -> Any:
@@ -146,7 +159,7 @@ def denoise(
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"generation cancelled before step {i + 1}/{total}")
         x = sched.scale_model_input(latents, i)
-        eps = _unet_eval(unet, x, embeddings, float(t), guidance_scale=params.guidance_scale)
+        eps = _unet_eval(unet, x, embeddings, float(t), params)
         noise = rng.standard_normal(shape, dtype=np.float32) if isinstance(sched, LCM) else None
         latents = sched.step(eps, i, latents, noise)
         if progress is not None:
@@ -154,19 +167,20 @@ def denoise(
     return latents
 
 
-def _unet_eval(unet: Session, x: F32, embeddings: F32, t: float, *, guidance_scale: float) -> F32:
+def _unet_eval(unet: Session, x: F32, embeddings: F32, t: float, params: GenParams) -> F32:
     """One UNet evaluation at timestep ``t`` (x already scaled), with CFG when batch is 2."""
+    guidance_scale = params.guidance_scale
     batch = embeddings.shape[0]
     x = np.repeat(x, batch, axis=0) if batch > 1 else x
-    t_dtype = _spec_dtype(unet, "timestep", np.float32)
+    names = {s.name for s in unet.inputs}
+    cond: dict[str, F32] = {"encoder_hidden_states": embeddings}
+    if "text_embeds" in names:  # SDXL-class: unpack the pooled row, add time_ids
+        cond = sdxl.unet_feeds(unet, embeddings, params.height, params.width)
     feeds: dict[str, Any] = {
         unet.inputs[0].name: x.astype(_spec_dtype(unet, unet.inputs[0].name, np.float32)),
-        "timestep": np.full((batch,), t, dtype=t_dtype),
-        "encoder_hidden_states": embeddings.astype(
-            _spec_dtype(unet, "encoder_hidden_states", np.float32)
-        ),
+        "timestep": np.full((batch,), t, dtype=_spec_dtype(unet, "timestep", np.float32)),
+        **{k: v.astype(_spec_dtype(unet, k, np.float32)) for k, v in cond.items()},
     }
-    names = {s.name for s in unet.inputs}
     if "timestep_cond" in names:
         spec = next(s for s in unet.inputs if s.name == "timestep_cond")
         dim = spec.shape[-1] if isinstance(spec.shape[-1], int) else 256
@@ -174,8 +188,8 @@ def _unet_eval(unet: Session, x: F32, embeddings: F32, t: float, *, guidance_sca
     out = next(iter(unet.run(feeds).values())).astype(np.float32)
     if batch == 1:
         return out
-    uncond, cond = out[:1], out[1:]
-    return uncond + guidance_scale * (cond - uncond)
+    uncond, cond_out = out[:1], out[1:]
+    return uncond + guidance_scale * (cond_out - uncond)
 
 
 def run_text_encoder(session: Session, ids: npt.NDArray[np.int64]) -> F32:
@@ -205,6 +219,7 @@ def generate(
     start = time.perf_counter()
     embeddings = encode_prompts(model, params, embed, cache)
     residency.release("text_encoder")
+    residency.release("text_encoder_2")
     clock["text_encoder"] = time.perf_counter() - start
     if cancel is not None and cancel.is_set():
         raise Cancelled("generation cancelled after text encoding")

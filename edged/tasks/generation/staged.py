@@ -56,6 +56,7 @@ def weights_bytes(path: Path) -> int:
 def estimate_bytes(component: str, path: Path, pixels: int = REFERENCE_PIXELS) -> int:
     """Weights plus working memory of one component for an image of ``pixels``."""
     kind = "decoder" if component.startswith("decoder") else component
+    kind = "text_encoder" if kind == "text_encoder_2" else kind  # SDXL's second CLIP
     work = ACTIVATION_BYTES.get(kind, 64 << 20)
     if kind != "text_encoder":
         work = work * pixels // REFERENCE_PIXELS
