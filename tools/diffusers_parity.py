@@ -3,7 +3,10 @@
 ``--family sdxl``: a tiny SDXL (diffusers' test-sized configs: UNet2DConditionModel with
 ``addition_embed_type="text_time"``, CLIPTextModel + CLIPTextModelWithProjection, AutoencoderKL)
 against ``StableDiffusionXLPipeline``; ``--family sd``: the same without the second encoder and
-the added conditioning, against ``StableDiffusionPipeline``. Random weights, exported to ONNX
+the added conditioning, against ``StableDiffusionPipeline``; ``--family lcm``: the SD one with
+a guidance embedding input (``timestep_cond``) and ``LCMScheduler``, against
+``LatentConsistencyModelPipeline`` (1, 2 and 4 steps; the re-noise between steps is fed from
+edged's numpy generator so both see the same noise). Random weights, exported to ONNX
 in the optimum layout; the same prompt, seed and initial latents go through both pipelines
 (Euler, trailing timesteps: 1-step Turbo, 2 steps with CFG, a negative prompt, a non-square
 size). Prints the largest pixel difference per case; exits 1 when any exceeds
@@ -39,6 +42,11 @@ CASES = (
         "width": 128,
     },  # time_ids
 )
+LCM_CASES = (
+    {"steps": 1, "guidance_scale": 8.0, "height": 64, "width": 64},
+    {"steps": 4, "guidance_scale": 8.0, "height": 64, "width": 64},
+    {"steps": 2, "guidance_scale": 3.0, "height": 64, "width": 128},
+)
 SPATIAL = {"sample", "out_sample", "latent_sample"}
 XL_UNET: dict[str, Any] = {
     "addition_embed_type": "text_time",
@@ -47,12 +55,14 @@ XL_UNET: dict[str, Any] = {
 }
 
 
-def components(vocab: int, seed: int, xl: bool) -> dict[str, Any]:
+def components(vocab: int, seed: int, family: str) -> dict[str, Any]:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
+    xl = family == "sdxl"
+    extra = XL_UNET if xl else {"time_cond_proj_dim": 32} if family == "lcm" else {}
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
@@ -66,7 +76,7 @@ def components(vocab: int, seed: int, xl: bool) -> dict[str, Any]:
         transformer_layers_per_block=(1, 2),
         cross_attention_dim=64 if xl else 32,  # SDXL: both encoders' widths
         norm_num_groups=8,
-        **(XL_UNET if xl else {}),
+        **extra,
     )
     # eos_token_id 2: transformers then pools at the largest id, which is EOS in this vocab.
     text = {"bos_token_id": 0, "eos_token_id": 2, "hidden_size": 32, "intermediate_size": 37}
@@ -110,8 +120,10 @@ def export(
         )  # fmt: skip
 
 
-def export_all(parts: dict[str, Any], out: Path, xl: bool) -> None:
+def export_all(parts: dict[str, Any], out: Path, family: str) -> None:
     import torch
+
+    xl = family == "sdxl"
 
     class Encoder(torch.nn.Module):
         def __init__(self, model: Any, pooled: bool) -> None:
@@ -128,8 +140,10 @@ def export_all(parts: dict[str, Any], out: Path, xl: bool) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, sample: Any, timestep: Any, ehs: Any, *added: Any) -> Any:
-            cond = {"text_embeds": added[0], "time_ids": added[1]} if added else None
+        def forward(self, sample: Any, timestep: Any, ehs: Any, *more: Any) -> Any:
+            if len(more) == 1:  # LCM: the guidance embedding
+                return self.model(sample, timestep, ehs, timestep_cond=more[0]).sample
+            cond = {"text_embeds": more[0], "time_ids": more[1]} if more else None
             return self.model(sample, timestep, ehs, added_cond_kwargs=cond).sample
 
     class Decoder(torch.nn.Module):
@@ -159,6 +173,8 @@ def export_all(parts: dict[str, Any], out: Path, xl: bool) -> None:
             (*args, torch.randn(1, 32), torch.randn(1, 6)),
             [*names, "text_embeds", "time_ids"],
         )
+    elif family == "lcm":
+        args, names = (*args, torch.randn(1, 32)), [*names, "timestep_cond"]
     export(Unet(parts["unet"]), args, out / "unet" / "model.onnx", names, ["out_sample"])
     dec = out / "vae_decoder" / "model.onnx"
     export(
@@ -168,7 +184,22 @@ def export_all(parts: dict[str, Any], out: Path, xl: bool) -> None:
     (out / "vae_decoder" / "config.json").write_text(json.dumps({"scaling_factor": scaling}))
 
 
-def scheduler_config() -> dict[str, Any]:
+def scheduler_config(family: str) -> dict[str, Any]:
+    if family == "lcm":  # LCM-Dreamshaper-v7's scheduler config
+        return {
+            "_class_name": "LCMScheduler",
+            "num_train_timesteps": 1000,
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "prediction_type": "epsilon",
+            "original_inference_steps": 50,
+            "timestep_spacing": "leading",
+            "steps_offset": 1,
+            "set_alpha_to_one": True,
+            "clip_sample": False,
+            "timestep_scaling": 10.0,
+        }
     return {
         "_class_name": "EulerDiscreteScheduler",
         "num_train_timesteps": 1000,
@@ -181,40 +212,49 @@ def scheduler_config() -> dict[str, Any]:
     }
 
 
-def pipeline(parts: dict[str, Any], toks: Path, xl: bool) -> Any:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+def pipeline(parts: dict[str, Any], toks: Path, family: str) -> Any:
+    import diffusers
     from transformers import CLIPTokenizer
 
     def tokenizer(name: str, pad: str) -> Any:
         files = (str(toks / name / "vocab.json"), str(toks / name / "merges.txt"))
         return CLIPTokenizer(*files, pad_token=pad, model_max_length=77)
 
+    config = scheduler_config(family)
+
     common = {
         "vae": parts["vae"], "text_encoder": parts["te"], "unet": parts["unet"],
         "tokenizer": tokenizer("tokenizer", "<|endoftext|>"),
-        "scheduler": EulerDiscreteScheduler.from_config(scheduler_config()),
+        "scheduler": getattr(diffusers, config["_class_name"]).from_config(config),
     }  # fmt: skip
-    if xl:
+    if family == "sdxl":
         second = {"text_encoder_2": parts["te2"], "tokenizer_2": tokenizer("tokenizer_2", "!")}
-        return StableDiffusionXLPipeline(**common, **second)
-    return StableDiffusionPipeline(
-        **common, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+        return diffusers.StableDiffusionXLPipeline(**common, **second)
+    kind = "LatentConsistencyModelPipeline" if family == "lcm" else "StableDiffusionPipeline"
+    no_checker = {"safety_checker": None, "feature_extractor": None}
+    return getattr(diffusers, kind)(**common, **no_checker, requires_safety_checker=False)
 
 
 def diffusers_image(pipe: Any, prompt: str, case: dict[str, Any], seed: int) -> Any:
     import torch
+    from diffusers.schedulers import scheduling_lcm
 
     # edged's initial latents: default_rng(seed) normals, times init_noise_sigma (diffusers
-    # applies that factor itself to latents passed in).
+    # applies that factor itself to latents passed in); LCM's re-noise between steps comes
+    # next from the same generator in edged, so diffusers gets the same draws.
     shape = (1, 4, case["height"] // 8, case["width"] // 8)
-    noise = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    scheduling_lcm.randn_tensor = lambda shape, **_: torch.from_numpy(  # type: ignore[attr-defined]
+        rng.standard_normal(tuple(shape), dtype=np.float32)
+    )
+    kwargs = {k: case[k] for k in ("guidance_scale", "height", "width")}
+    if "negative_prompt" in case:
+        kwargs["negative_prompt"] = case["negative_prompt"] or None
     with torch.no_grad():
         out = pipe(
-            prompt, negative_prompt=case["negative_prompt"] or None,
-            num_inference_steps=case["steps"], guidance_scale=case["guidance_scale"],
-            height=case["height"], width=case["width"], latents=torch.from_numpy(noise),
-            output_type="np",
+            prompt, num_inference_steps=case["steps"], latents=torch.from_numpy(noise),
+            output_type="np", **kwargs,
         )  # fmt: skip
     return np.clip(np.rint(out.images[0] * 255), 0, 255).astype(np.uint8)
 
@@ -237,7 +277,7 @@ def edged_image(root: Path, prompt: str, case: dict[str, Any], seed: int) -> Any
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=["sd", "sdxl"], default="sdxl")
+    parser.add_argument("--family", choices=["sd", "sdxl", "lcm"], default="sdxl")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=int, default=1, help="max |diff| in uint8 levels")
@@ -252,15 +292,17 @@ def main() -> int:
         write_tiny_clip_tokenizer(out / "tokenizer_2")
         (out / "tokenizer_2" / "special_tokens_map.json").write_text('{"pad_token": "!"}')
     vocab = len(json.loads((out / "tokenizer" / "vocab.json").read_text()))
-    parts = components(vocab, args.seed, xl)
-    export_all(parts, out, xl)
+    parts = components(vocab, args.seed, args.family)
+    export_all(parts, out, args.family)
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config()))
+    (out / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(scheduler_config(args.family))
+    )
     index = "ORTStableDiffusionXLPipeline" if xl else "ORTStableDiffusionPipeline"
     (out / "model_index.json").write_text(json.dumps({"_class_name": index}))
-    pipe = pipeline(parts, out, xl)
+    pipe = pipeline(parts, out, args.family)
     worst = 0
-    for i, case in enumerate(CASES):
+    for i, case in enumerate(LCM_CASES if args.family == "lcm" else CASES):
         prompt = "a photo of a red house"
         ref = diffusers_image(pipe, prompt, case, args.seed + i)
         got = edged_image(out, prompt, case, args.seed + i)
