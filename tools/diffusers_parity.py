@@ -200,16 +200,9 @@ def scheduler_config(family: str) -> dict[str, Any]:
             "clip_sample": False,
             "timestep_scaling": 10.0,
         }
-    return {
-        "_class_name": "EulerDiscreteScheduler",
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
-        "timestep_spacing": "trailing",
-        "steps_offset": 1,
-    }
+    from edged.testing.generation import scheduler_config as euler_trailing
+
+    return euler_trailing()
 
 
 def pipeline(parts: dict[str, Any], toks: Path, family: str) -> Any:

@@ -201,6 +201,29 @@ def make_tiny_vae_decoder(path: Path, channels: int = 16, seed: int = 3) -> Path
     return save_model(graph, path)
 
 
+def scheduler_config(kind: str = "EulerDiscreteScheduler") -> dict[str, Any]:
+    """SD's training schedule with Turbo's trailing timesteps (1 step lands on t = 999)."""
+    return {
+        "_class_name": kind,
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "epsilon",
+        "timestep_spacing": "trailing",
+        "steps_offset": 1,
+    }
+
+
+def write_scheduler(dest: Path, kind: str = "EulerDiscreteScheduler") -> Path:
+    import json
+
+    path = dest / "scheduler" / "scheduler_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scheduler_config(kind)), "utf-8")
+    return path
+
+
 def make_tiny_sd_dir(
     dest: Path,
     *,
@@ -227,18 +250,7 @@ def make_tiny_sd_dir(
         ballast_mb=unet_ballast_mb,
     )
     make_tiny_vae_decoder(dest / "vae_decoder" / "model.onnx")
-    sched: dict[str, Any] = {
-        "_class_name": scheduler,
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
-        "timestep_spacing": "trailing",
-        "steps_offset": 1,
-    }
-    (dest / "scheduler").mkdir(parents=True, exist_ok=True)
-    (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched), "utf-8")
+    write_scheduler(dest, scheduler)
     index = {"_class_name": "ORTStableDiffusionPipeline", "scheduler": ["diffusers", scheduler]}
     (dest / "model_index.json").write_text(json.dumps(index), "utf-8")
     return dest

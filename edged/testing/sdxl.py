@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from edged.testing.generation import (
     _named,
     make_tiny_unet,
     make_tiny_vae_decoder,
+    write_scheduler,
     write_tiny_clip_tokenizer,
 )
 from edged.testing.models import _onnx, save_model
@@ -83,18 +83,7 @@ def make_tiny_sdxl_dir(dest: Path) -> Path:
     make_tiny_unet(dest / "unet" / "model.onnx", ctx_dim=sum(DIMS), sdxl_pooled=POOLED)
     make_tiny_vae_decoder(dest / "vae_decoder" / "model.onnx")
     (dest / "vae_decoder" / "config.json").write_text(json.dumps({"scaling_factor": 0.13025}))
-    sched: dict[str, Any] = {
-        "_class_name": "EulerDiscreteScheduler",
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
-        "timestep_spacing": "trailing",
-        "steps_offset": 1,
-    }
-    (dest / "scheduler").mkdir(parents=True, exist_ok=True)
-    (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched), "utf-8")
+    write_scheduler(dest)
     index = {"_class_name": "ORTStableDiffusionXLPipeline"}
     (dest / "model_index.json").write_text(json.dumps(index), "utf-8")
     return dest
