@@ -93,3 +93,14 @@ def test_soft_mask_blends_proportionally() -> None:
     mask = np.array([[0, 128, 255]], np.uint8)
     out = imaging.replace_background(image, mask, (200, 200, 200))
     np.testing.assert_array_equal(out[0, :, 0], [200, 100, 0])
+
+
+def test_prob_to_mask_matches_the_numpy_rounding_and_clipping() -> None:
+    rng = np.random.default_rng(0)
+    edges = np.array([-0.2, -1e-9, 0.0, 0.5 / 255, 1.5 / 255, 2.5 / 255, 0.5, 1.0, 1.3, np.inf])
+    prob = np.concatenate([edges, rng.uniform(-0.1, 1.1, 10_000)]).astype(np.float32)
+    prob = prob.reshape(-1, 10)
+    expected = np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)  # float32, as before
+    got = imaging.prob_to_mask(prob)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
