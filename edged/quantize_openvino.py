@@ -34,15 +34,15 @@ from edged.config import Settings
 from edged.errors import BackendUnavailable, BadRequest, ModelLoadError, ModelNotFound
 from edged.log import get_logger
 from edged.quantgate import Thresholds, thresholds_from
-from edged.quantize_vision import (
+from edged.runtime.base import FORMAT_OF_RUNTIME, Array, Session
+from edged.runtime.openvino import IR_XML
+from edged.variants import (
     VisionQuantResult,
     evaluate_gate,
     refusal,
     register_variant,
     search_path_note,
 )
-from edged.runtime.base import FORMAT_OF_RUNTIME, Array, Session
-from edged.runtime.openvino import IR_XML
 
 log = get_logger("quantize")
 SOURCE_FORMATS = tuple(f for f in FORMAT_OF_RUNTIME["openvino"] if f != "openvino")

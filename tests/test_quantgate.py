@@ -23,9 +23,9 @@ from edged.quantgate import (
     sr_gate,
     thresholds_from,
 )
-from edged.quantize_vision import record_gate
 from edged.runtime import config_for, open_session
 from edged.runtime.base import Session
+from edged.variants import record_gate
 
 CROP = 48  # LR side of the Set5 centre crops: keeps the gate runs to a few ms each
 

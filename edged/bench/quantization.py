@@ -134,7 +134,8 @@ def gate_variant(
     calib: CalibrationSet,
     thresholds: Thresholds,
 ) -> GateResult:
-    from edged.quantize_vision import BIG_MODEL, evaluate_gate
+    from edged.quantize_vision import BIG_MODEL
+    from edged.variants import evaluate_gate
 
     crop = 64 if fp32_path.stat().st_size > BIG_MODEL else None
     ov = file_format(variant.path) == "openvino"
@@ -164,7 +165,7 @@ def _accuracy(
     *,
     record: bool,
 ) -> None:
-    from edged.quantize_vision import record_gate
+    from edged.variants import record_gate
 
     thresholds = thresholds_from(settings)
     for v in found:
