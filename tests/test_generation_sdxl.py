@@ -15,7 +15,7 @@ import pytest
 
 from edged.config import load_settings
 from edged.engine import Engine
-from edged.errors import ModelLoadError
+from edged.errors import BadRequest, ModelLoadError
 from edged.io.protocol import Request
 from edged.io.server import RequestServer
 from edged.runtime import config_for, open_session
@@ -147,3 +147,18 @@ def test_an_export_without_hidden_states_is_refused_with_the_fix(xl_dir: Path) -
         sdxl.penultimate({"last_hidden_state": np.zeros((1, 77, 4), np.float32)})
     with pytest.raises(ModelLoadError, match="text_embeds"):
         sdxl.pooled({"last_hidden_state": np.zeros((1, 77, 4), np.float32)})
+
+
+def test_tiny_decoders_of_sd_latents_are_refused_before_any_step(
+    engine: Engine, xl_dir: Path, tmp_path: Path
+) -> None:
+    from edged.testing import make_tiny_vae_decoder
+
+    vaelight = make_tiny_vae_decoder(tmp_path / "vaelight_decoder.onnx")  # family by name
+    with pytest.raises(BadRequest, match="SD latents but this is an SDXL-class model"):
+        _generate(engine, xl_dir, decoder=str(vaelight))
+    assert engine.pool.stats()["loads"] == 0  # nothing was loaded for a doomed request
+    # A TAESDXL-family decoder (named by its file) is accepted for SDXL latents.
+    taesdxl = make_tiny_vae_decoder(tmp_path / "taesdxl_decoder.onnx")
+    result = _generate(engine, xl_dir, decoder=str(taesdxl), seed=1)
+    assert result.outputs["image"].shape == (64, 64, 3)

@@ -7,7 +7,11 @@ latents map to its input, so a wrong pairing is refused instead of decoding nois
 - ``vaelight`` VAElight (4 ch, approximate SD-1.x VAE): same unscaled latents as the VAE;
                four outputs at 1x..8x that are summed after resizing to 8x.
 - ``taesd``    TAESD (4 ch): takes UNet-space latents directly, image in 0..1.
+- ``taesdxl``  TAESDXL: the same for SDXL-class latents (file ``taesdxl_decoder.onnx``).
 - ``taef2``    TAEF2 (32 ch, FLUX.2 latents): only for latents of its own family.
+
+Channels are not enough: SD 1.x/2.x and SDXL latents both have 4, but a decoder trained on
+one draws wrong colours from the other, so each family also names its latent space.
 """
 
 from __future__ import annotations
@@ -36,13 +40,16 @@ class DecoderFamily:
     """True: divide UNet latents by the model's VAE scaling factor (0.18215 for SD)."""
     output_range: tuple[float, float]
     combine: Literal["first", "sum"] = "first"
+    space: Literal["own", "sd", "sdxl", "flux2"] = "sd"
+    """Latents it was trained on; ``own``: the model dir's VAE, right for any model."""
 
 
 FAMILIES = {
-    "vae": DecoderFamily("vae", 4, True, (-1.0, 1.0)),
+    "vae": DecoderFamily("vae", 4, True, (-1.0, 1.0), space="own"),
     "vaelight": DecoderFamily("vaelight", 4, True, (-1.0, 1.0), "sum"),
     "taesd": DecoderFamily("taesd", 4, False, (0.0, 1.0)),
-    "taef2": DecoderFamily("taef2", 32, False, (0.0, 1.0)),
+    "taesdxl": DecoderFamily("taesdxl", 4, False, (0.0, 1.0), space="sdxl"),
+    "taef2": DecoderFamily("taef2", 32, False, (0.0, 1.0), space="flux2"),
 }
 # Catalogue names and families (ModelEntry.family) -> decoder family.
 ALIASES = {
@@ -51,6 +58,7 @@ ALIASES = {
     "taef2_decoder": "taef2",
     "taesd_decoder": "taesd",
     "vae-decoder-taesd": "taesd",
+    "taesdxl_decoder": "taesdxl",
 }
 
 
@@ -68,6 +76,17 @@ def check_pairing(family: DecoderFamily, latent_channels: int) -> None:
             f"decoder {family.name} takes {family.latent_channels}-channel latents but this "
             f"model makes {latent_channels}; pick a decoder of the model's latent family"
         )
+
+
+def check_space(family: DecoderFamily, space: Literal["sd", "sdxl"]) -> None:
+    """Refuse a decoder trained on other latents than the model's (before any UNet step)."""
+    if family.space in ("own", space):
+        return
+    fix = "decoder=vae or decoder=taesdxl" if space == "sdxl" else "decoder=vae, vaelight or taesd"
+    raise BadRequest(
+        f"decoder {family.name} was trained on {family.space.upper()} latents but this is an "
+        f"{space.upper()}-class model; use {fix}"
+    )
 
 
 def resolve(engine: Engine | None, name: str, model_root: Path) -> tuple[Path, DecoderFamily]:

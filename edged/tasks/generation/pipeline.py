@@ -216,6 +216,9 @@ def generate(
     import time
 
     clock = timings if timings is not None else {}
+    _, decoder_family = decoders.resolve(residency.engine, params.decoder, model.root)
+    # A decoder of other latents is refused now, not after the UNet steps.
+    decoders.check_space(decoder_family, "sdxl" if model.sdxl else "sd")
     start = time.perf_counter()
     embeddings = encode_prompts(model, params, embed, cache)
     residency.release("text_encoder")

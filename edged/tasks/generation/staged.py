@@ -13,6 +13,7 @@ the same budget rule.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -233,8 +234,10 @@ class Residency:
         from edged.catalog_schema import ModelEntry
         from edged.loader import LoadedModel
 
+        # Components can be paths (decoder=/x/taesdxl_decoder.onnx): keep to the name charset.
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{self.root.name}.{component}")
         entry = ModelEntry(
-            name=f"{self.root.name}.{component.replace(':', '.')}"[:80],
+            name=name[-80:],
             task="generation",
             family=f"sd-{component.split(':', maxsplit=1)[0]}",
             licence="LicenseRef-user-supplied",
