@@ -1,7 +1,7 @@
 """Text-to-image: SD-Turbo / LCM / small SD from a diffusers-layout ONNX directory.
 
 Request: ``prompt`` plus params ``steps``, ``guidance_scale``, ``seed``, ``width``,
-``height``, ``negative_prompt``, ``decoder`` (vae | vaelight | taesd | taef2 | path.onnx),
+``height``, ``negative_prompt``, ``decoder`` (vae | vaelight | taesd | taesdxl | taef2 | path.onnx),
 ``residency`` (auto | resident | staged), ``model_dir``, ``lora`` (+ ``lora_scale``). Output ``image`` (H x W x 3 RGB).
 """
 
