@@ -154,3 +154,20 @@ def test_bad_adapters_are_clear_errors(engine: Engine, sd: Path, tmp_path: Path)
     quantize_file(sd / "unet" / "model.onnx", unet, "dynamic-int8")
     with pytest.raises(BadRequest, match="quantized UNet"):
         image(engine, quant, lora="style")
+
+
+def test_lcm_lora_request_samples_with_lcm_on_an_euler_dir(engine: Engine, sd: Path) -> None:
+    """LCM-LoRA's use: an adapter plus ``scheduler=lcm`` on a dir that ships an Euler config
+    (the sampler itself is checked against diffusers by tools/diffusers_parity.py)."""
+    request = TaskRequest(
+        "generation", str(sd), prompt="a red kite", params={"width": 64, "height": 64}
+    )
+    request.params.update(lora="style", scheduler="lcm", seed=3)
+    lcm = engine.run(request)
+    assert lcm.meta["scheduler"] == "LCMScheduler"
+    assert (lcm.meta["steps"], lcm.meta["guidance_scale"]) == (4, 1.0)  # LCM-LoRA's defaults
+    assert lcm.meta["lora"] == "style.safetensors"
+    euler = image(engine, sd, lora="style", steps=4, guidance_scale=1.0)
+    assert not np.array_equal(lcm.outputs["image"], euler)
+    with pytest.raises(BadRequest, match="scheduler 'ddim'"):
+        image(engine, sd, scheduler="ddim")

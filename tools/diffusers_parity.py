@@ -6,7 +6,9 @@ against ``StableDiffusionXLPipeline``; ``--family sd``: the same without the sec
 the added conditioning, against ``StableDiffusionPipeline``; ``--family lcm``: the SD one with
 a guidance embedding input (``timestep_cond``) and ``LCMScheduler``, against
 ``LatentConsistencyModelPipeline`` (1, 2 and 4 steps; the re-noise between steps is fed from
-edged's numpy generator so both see the same noise). Random weights, exported to ONNX
+edged's numpy generator so both see the same noise); ``--family lcm-lora``: the SD one sampled
+with LCM (edged ``scheduler=lcm``, diffusers ``LCMScheduler.from_config`` of the Euler config),
+as LCM-LoRA is used. Random weights, exported to ONNX
 in the optimum layout; the same prompt, seed and initial latents go through both pipelines
 (Euler, trailing timesteps: 1-step Turbo, 2 steps with CFG, a negative prompt, a non-square
 size). Prints the largest pixel difference per case; exits 1 when any exceeds
@@ -41,6 +43,11 @@ CASES = (
         "height": 64,
         "width": 128,
     },  # time_ids
+)
+LCM_LORA_CASES = (
+    {"steps": 4, "guidance_scale": 1.0, "height": 64, "width": 64, "scheduler": "lcm"},
+    {"steps": 2, "guidance_scale": 1.0, "height": 64, "width": 128, "scheduler": "lcm"},
+    {"steps": 4, "guidance_scale": 2.0, "height": 64, "width": 64, "scheduler": "lcm"},  # CFG
 )
 LCM_CASES = (
     {"steps": 1, "guidance_scale": 8.0, "height": 64, "width": 64},
@@ -214,6 +221,8 @@ def pipeline(parts: dict[str, Any], toks: Path, family: str) -> Any:
         return CLIPTokenizer(*files, pad_token=pad, model_max_length=77)
 
     config = scheduler_config(family)
+    if family == "lcm-lora":  # the dir keeps its Euler config; the sampler is LCM
+        config = {**config, "_class_name": "LCMScheduler"}
 
     common = {
         "vae": parts["vae"], "text_encoder": parts["te"], "unet": parts["unet"],
@@ -270,7 +279,7 @@ def edged_image(root: Path, prompt: str, case: dict[str, Any], seed: int) -> Any
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=["sd", "sdxl", "lcm"], default="sdxl")
+    parser.add_argument("--family", choices=["sd", "sdxl", "lcm", "lcm-lora"], default="sdxl")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=int, default=1, help="max |diff| in uint8 levels")
@@ -295,7 +304,8 @@ def main() -> int:
     (out / "model_index.json").write_text(json.dumps({"_class_name": index}))
     pipe = pipeline(parts, out, args.family)
     worst = 0
-    for i, case in enumerate(LCM_CASES if args.family == "lcm" else CASES):
+    cases = {"lcm": LCM_CASES, "lcm-lora": LCM_LORA_CASES}.get(args.family, CASES)
+    for i, case in enumerate(cases):
         prompt = "a photo of a red house"
         ref = diffusers_image(pipe, prompt, case, args.seed + i)
         got = edged_image(out, prompt, case, args.seed + i)

@@ -2,7 +2,8 @@
 
 Request: ``prompt`` plus params ``steps``, ``guidance_scale``, ``seed``, ``width``,
 ``height``, ``negative_prompt``, ``decoder`` (vae | vaelight | taesd | taesdxl | taef2 | path.onnx),
-``residency`` (auto | resident | staged), ``model_dir``, ``lora`` (+ ``lora_scale``). Output ``image`` (H x W x 3 RGB).
+``residency`` (auto | resident | staged), ``model_dir``, ``lora`` (+ ``lora_scale``),
+``scheduler`` (auto | euler | lcm). Output ``image`` (H x W x 3 RGB).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
 from edged.tasks.generation import sdxl
 from edged.tasks.generation.lora import from_params as lora_from_params
 from edged.tasks.generation.parts import wants_parts
-from edged.tasks.generation.pipeline import EmbedFn, GenParams, ModelDir, generate, run_text_encoder
+from edged.tasks.generation.pipeline import (
+    EmbedFn,
+    GenParams,
+    ModelDir,
+    generate,
+    run_text_encoder,
+    scheduler_config,
+)
 from edged.tasks.generation.staged import Residency, embedding_cache
 from edged.tasks.generation.tokenizer import ClipTokenizer
 
@@ -127,7 +135,9 @@ def encode_text(engine: Engine | None, prompt: str, model_dir: Path) -> npt.NDAr
 
 def _params(model: ModelDir, request: TaskRequest) -> GenParams:
     raw: dict[str, Any] = dict(request.params)
-    steps, guidance = model.defaults()
+    scheduler = str(raw.get("scheduler", "auto"))
+    # LCM sampling of a non-LCM dir is LCM-LoRA's use: its usual 4 steps, no guidance.
+    steps, guidance = (4, 1.0) if scheduler == "lcm" else model.defaults()
     try:
         ints = {k: int(raw[k]) for k in _INT_PARAMS if k in raw}
         return GenParams(
@@ -140,6 +150,7 @@ def _params(model: ModelDir, request: TaskRequest) -> GenParams:
             height=ints.get("height", 512),
             decoder=str(raw.get("decoder", "vae")),
             decoder_tile=int(raw["decoder_tile"]) if "decoder_tile" in raw else None,
+            scheduler=scheduler,
         )
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"generation params: {exc}") from exc
@@ -189,6 +200,7 @@ def run(
         "steps": params.steps,
         "guidance_scale": params.guidance_scale,
         "family": model.family,
+        "scheduler": scheduler_config(model, params).kind,
         "residency": residency.strategy,
         "unet_parts": len(parts.parts) if parts is not None else 0,
         "lora": residency.lora[0].path.name if residency.lora else None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,9 @@ class GenParams:
     decoder: str = "vae"
     decoder_tile: int | None = None
     """Latent tile size for decoding (0 = whole image; None = 32 when staged, else 0)."""
+    scheduler: str = "auto"
+    """``auto`` (the dir's), ``euler`` or ``lcm``: LCM-LoRA turns an SD model into a 2-8 step
+    LCM model, which needs the LCM sampler on a dir that ships an Euler config."""
 
     def __post_init__(self) -> None:
         for side in (self.width, self.height):
@@ -106,6 +109,19 @@ class GenParams:
                 raise BadRequest(f"width/height must be multiples of 8 in 64..{MAX_SIDE}")
         if not self.prompt.strip():
             raise BadRequest("generation needs a non-empty prompt")
+        if self.scheduler != "auto" and self.scheduler not in SCHEDULERS:
+            raise BadRequest(f"scheduler {self.scheduler!r}: one of auto, {', '.join(SCHEDULERS)}")
+
+
+SCHEDULERS = {"euler": "EulerDiscreteScheduler", "lcm": "LCMScheduler"}
+
+
+def scheduler_config(model: ModelDir, params: GenParams) -> SchedulerConfig:
+    """The dir's schedule, or the same training schedule under the requested sampler (as
+    diffusers' ``LCMScheduler.from_config(pipe.scheduler.config)``)."""
+    if params.scheduler == "auto":
+        return model.scheduler
+    return replace(model.scheduler, kind=SCHEDULERS[params.scheduler])
 
 
 def uses_cfg(model: ModelDir, params: GenParams) -> bool:
@@ -148,7 +164,7 @@ def denoise(
     cancel: threading.Event | None = None,
 ) -> F32:
     """Initial noise -> final latents in ``params.steps`` UNet evaluations."""
-    sched = make_scheduler(model.scheduler, params.steps)
+    sched = make_scheduler(scheduler_config(model, params), params.steps)
     rng = np.random.default_rng(params.seed)
     shape = (1, _latent_channels(unet), params.height // 8, params.width // 8)
     latents = (rng.standard_normal(shape, dtype=np.float32) * sched.init_noise_sigma).astype(
