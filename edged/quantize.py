@@ -18,12 +18,15 @@ Needs ``onnx`` and (for int4) ``onnx-ir`` + ``ml_dtypes``: ``pip install edged[q
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,18 +125,33 @@ class _Reader:
         self._it = iter(self._feeds)
 
 
+@contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """onnxruntime's quantizer prints histogram progress to stdout (which would corrupt
+    ``--json``) and warns on the root logger about pre-processing: keep both out."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def _dynamic(src: Path, dst: Path, external: bool, op_types: Sequence[str]) -> None:
     q = _quant_modules()
-    q.quantize_dynamic(
-        src,
-        dst,
-        op_types_to_quantize=list(op_types),
-        weight_type=q.QuantType.QUInt8,
-        use_external_data_format=external,
-        # Fused contrib ops (MultiHeadAttention from the transformers optimizer) defeat ONNX
-        # shape inference; their outputs are float, so say so instead of failing.
-        extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
-    )
+    with quiet_quantizer():
+        q.quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=list(op_types),
+            weight_type=q.QuantType.QUInt8,
+            use_external_data_format=external,
+            # Fused contrib ops (MultiHeadAttention from the transformers optimizer) defeat ONNX
+            # shape inference; their outputs are float, so say so instead of failing.
+            extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
+        )
 
 
 def timestep_only_nodes(path: Path, input_name: str = "timestep") -> list[str]:

@@ -18,13 +18,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,28 +109,14 @@ def fidelity_db(reference: Sequence[Array], path: Path, feeds: Sequence[dict[str
     return float(np.mean([psnr(o, r, peak) for o, r in zip(outs, reference, strict=True)]))
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime's quantizer prints histogram progress to stdout (which would corrupt
-    ``--json``) and warns on the root logger about pre-processing: keep both out."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize_qdq(
     src: Path, dst: Path, feeds: Sequence[dict[str, Array]], exclude: Sequence[str] = ()
 ) -> None:
     """Static QDQ, per-channel int8 weights, uint8 activations, compute ops only."""
-    from edged.quantize import _quant_modules
+    from edged.quantize import _quant_modules, quiet_quantizer
 
     q = _quant_modules()
-    with tempfile.TemporaryDirectory(prefix="edged-calib-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="edged-calib-") as tmp, quiet_quantizer():
         q.quantize_static(
             src,
             dst,
