@@ -126,17 +126,17 @@ class _Reader:
 
 
 @contextmanager
-def quiet_quantizer() -> Iterator[None]:
-    """onnxruntime's quantizer prints histogram progress to stdout (which would corrupt
-    ``--json``) and warns on the root logger about pre-processing: keep both out."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+def quiet_quantizer(logger: str = "") -> Iterator[None]:
+    """Quantizers print progress to stdout (which would corrupt ``--json``) and log below
+    errors: onnxruntime's on the root logger (``""``), NNCF's on ``"nncf"``. Keep both out."""
+    quieted = logging.getLogger(logger)
+    level = quieted.level
+    quieted.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        root.setLevel(level)
+        quieted.setLevel(level)
 
 
 def _dynamic(src: Path, dst: Path, external: bool, op_types: Sequence[str]) -> None:

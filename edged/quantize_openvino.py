@@ -16,14 +16,10 @@ Needs ``nncf``: ``pip install 'edged[quantize]'``.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +30,7 @@ from edged.config import Settings
 from edged.errors import BackendUnavailable, BadRequest, ModelLoadError, ModelNotFound
 from edged.log import get_logger
 from edged.quantgate import Thresholds, thresholds_from
+from edged.quantize import quiet_quantizer
 from edged.runtime.base import FORMAT_OF_RUNTIME, Array, Session
 from edged.runtime.openvino import IR_XML
 from edged.variants import (
@@ -80,26 +77,13 @@ def variant_dir_name(src: Path) -> str:
     return f"{src.stem}_ov-int8"
 
 
-@contextmanager
-def _quiet(nncf: Any) -> Iterator[None]:
-    """NNCF draws progress bars on stdout (which would corrupt ``--json``) and logs at INFO."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    nncf.set_log_level(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def quantize_openvino(src: Path, out_dir: Path, feeds: Sequence[dict[str, Array]]) -> Path:
     """NNCF int8 of ``src`` calibrated on ``feeds`` (the model's own preprocessing), saved as
     the IR directory ``out_dir``; returns it."""
     ov, nncf = _modules()
     model = ov.Core().read_model(str(src))
     # Feeds are {input name: tensor}; a compiled OpenVINO model takes that dict as it is.
-    with _quiet(nncf):
+    with quiet_quantizer("nncf"):
         quantized = nncf.quantize(model, nncf.Dataset(list(feeds)), subset_size=len(feeds))
     out_dir.mkdir(parents=True, exist_ok=True)
     # fp16 compression of the remaining float weights would change fp32-path outputs too.
