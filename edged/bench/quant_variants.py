@@ -9,6 +9,7 @@ calibration images; one that cannot be made is listed with its reason, never dro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,48 +48,58 @@ def file_format(path: Path) -> str:
     return "tflite" if path.suffix == ".tflite" else "onnx"
 
 
-def made_here(settings: Settings, entry: ModelEntry, src: Path, calib: CalibrationSet) -> Variant:
-    """The QDQ variant of an fp32 ONNX file, cached by source and calibration images."""
+def _cache_dir(settings: Settings) -> Path:
+    return settings.cache_dir / "quantization"
+
+
+def _cached(
+    settings: Settings, src: Path, calib: CalibrationSet, suffix: str, make: Callable[[Path], None]
+) -> Variant:
+    """``make(out)`` once per source file and calibration set; the result is kept in
+    ``{cache_dir}/quantization`` under a name made of both hashes, written via a temp dir."""
     import tempfile
 
-    from edged.quantize_vision import calibrated_qdq
-
-    cache = settings.cache_dir / "quantization"
-    dst = cache / f"{src.stem}.{file_sha256(src)[:8]}.{calib.digest[:8]}.qdq-int8.onnx"
+    cache = _cache_dir(settings)
+    dst = cache / f"{src.stem}.{file_sha256(src)[:8]}.{calib.digest[:8]}.{suffix}"
     if not dst.exists():
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".quant-", dir=cache) as tmp:
-            work = Path(tmp) / "trials"
-            work.mkdir()
             out = Path(tmp) / dst.name
-            excluded, _ = calibrated_qdq(entry, src, out, calib, work)
+            make(out)
             out.replace(dst)
-            (cache / f"{dst.name}.excluded").write_text(",".join(excluded), "utf-8")
     return Variant(dst, None)
+
+
+def made_here(settings: Settings, entry: ModelEntry, src: Path, calib: CalibrationSet) -> Variant:
+    """The QDQ variant of an fp32 ONNX file (its layer exclusions noted beside it)."""
+    from edged.quantize_vision import calibrated_qdq
+
+    def make(out: Path) -> None:
+        work = out.parent / "trials"
+        work.mkdir()
+        excluded, _ = calibrated_qdq(entry, src, out, calib, work)
+        # Kept beside the variant for a reader of the cache: which layers stayed fp32.
+        (_cache_dir(settings) / f"{out.name}.excluded").write_text(",".join(excluded), "utf-8")
+
+    return _cached(settings, src, calib, "qdq-int8.onnx", make)
 
 
 def made_here_openvino(
     settings: Settings, entry: ModelEntry, src: Path, calib: CalibrationSet
 ) -> Variant:
-    """The NNCF int8 OpenVINO IR of a model with no fp32 ONNX file (TFLite-only), cached
-    like ``made_here``."""
-    import tempfile
-
+    """The NNCF int8 OpenVINO IR of a model with no fp32 ONNX file (TFLite-only)."""
     from edged.calibration import model_feeds
     from edged.quantize_openvino import ov_session, quantize_openvino
 
-    cache = settings.cache_dir / "quantization"
-    dst = cache / f"{src.stem}.{file_sha256(src)[:8]}.{calib.digest[:8]}.ov-int8"
-    if not dst.exists():
-        cache.mkdir(parents=True, exist_ok=True)
+    def make(out: Path) -> None:
         fp32 = ov_session(src, "fp32")
         try:
             feeds = model_feeds(entry, fp32, load_images(calib.calibration))
         finally:
             fp32.close()
-        with tempfile.TemporaryDirectory(prefix=".quant-", dir=cache) as tmp:
-            quantize_openvino(src, Path(tmp) / dst.name, feeds).replace(dst)
-    return Variant(dst, None)
+        quantize_openvino(src, out, feeds)
+
+    return _cached(settings, src, calib, "ov-int8", make)
 
 
 def variants(
