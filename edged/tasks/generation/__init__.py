@@ -26,6 +26,7 @@ from edged.tasks.generation.pipeline import (
     GenParams,
     ModelDir,
     generate,
+    run_encoder,
     run_text_encoder,
     scheduler_config,
 )
@@ -103,14 +104,13 @@ def local_embedder(root: Path, residency: Residency) -> EmbedFn:
 def _sdxl_embedder(root: Path, residency: Residency) -> EmbedFn:
     names = ("text_encoder", "text_encoder_2")
     paths = [_text_encoder_path(root, name) for name in names]
-    second = root / "tokenizer_2"
-    tokenizers = (ClipTokenizer(root / "tokenizer"), ClipTokenizer(second))
+    tokenizers = (ClipTokenizer(root / "tokenizer"), ClipTokenizer(root / "tokenizer_2"))
 
     def embed(prompt: str) -> npt.NDArray[np.float32]:
         outputs = []
         for name, path, tokenizer in zip(names, paths, tokenizers, strict=True):
             with residency.use(name, path) as session:
-                outputs.append(sdxl.run_encoder(session, tokenizer.encode(prompt)))
+                outputs.append(run_encoder(session, tokenizer.encode(prompt)))
             residency.release(name)  # staged: one CLIP at a time
         hidden = np.concatenate([sdxl.penultimate(o) for o in outputs], axis=-1)
         return sdxl.pack(hidden, sdxl.pooled(outputs[1]))

@@ -208,11 +208,15 @@ def _unet_eval(unet: Session, x: F32, embeddings: F32, t: float, params: GenPara
     return uncond + guidance_scale * (cond_out - uncond)
 
 
+def run_encoder(session: Session, ids: npt.NDArray[np.int64]) -> dict[str, Any]:
+    """One text encoder on one prompt's token ids [77] -> its named outputs."""
+    spec = session.inputs[0]
+    return session.run({spec.name: ids[None].astype(_NP_DTYPES.get(spec.dtype, np.int64))})
+
+
 def run_text_encoder(session: Session, ids: npt.NDArray[np.int64]) -> F32:
     """One prompt's token ids [77] -> last_hidden_state [1, 77, D]."""
-    spec = session.inputs[0]
-    feeds = {spec.name: ids[None].astype(_NP_DTYPES.get(spec.dtype, np.int64))}
-    outputs = session.run(feeds)
+    outputs = run_encoder(session, ids)
     hidden = outputs.get("last_hidden_state", next(iter(outputs.values())))
     return np.asarray(hidden, dtype=np.float32)
 
@@ -232,9 +236,9 @@ def generate(
     import time
 
     clock = timings if timings is not None else {}
-    _, decoder_family = decoders.resolve(residency.engine, params.decoder, model.root)
+    decoder_path, family = decoders.resolve(residency.engine, params.decoder, model.root)
     # A decoder of other latents is refused now, not after the UNet steps.
-    decoders.check_space(decoder_family, "sdxl" if model.sdxl else "sd")
+    decoders.check_space(family, "sdxl" if model.sdxl else "sd")
     start = time.perf_counter()
     embeddings = encode_prompts(model, params, embed, cache)
     residency.release("text_encoder")
@@ -248,9 +252,8 @@ def generate(
     residency.release("unet")
     clock["unet"] = time.perf_counter() - start
     start = time.perf_counter()
-    path, family = decoders.resolve(residency.engine, params.decoder, model.root)
     decoders.check_pairing(family, int(latents.shape[1]))
-    with residency.use(f"decoder:{params.decoder}", path) as dec:
+    with residency.use(f"decoder:{params.decoder}", decoder_path) as dec:
         tile = params.decoder_tile
         if tile is None:
             tile = 32 if residency.strategy == "staged" else 0

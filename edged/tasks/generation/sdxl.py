@@ -92,12 +92,3 @@ def unet_feeds(unet: Session, conditioning: F32, height: int, width: int) -> dic
         "text_embeds": text_embeds,
         "time_ids": time_ids(height, width, conditioning.shape[0]),
     }
-
-
-def run_encoder(session: Session, tokens: npt.NDArray[np.int64]) -> dict[str, F32]:
-    """One text encoder on one prompt's token ids [77] -> its named outputs."""
-    spec = session.inputs[0]
-    dtype = np.int32 if spec.dtype == "int32" else np.int64
-    return {
-        k: np.asarray(v) for k, v in session.run({spec.name: tokens[None].astype(dtype)}).items()
-    }
