@@ -69,7 +69,8 @@ def test_deeplab_int8_ir_is_gated_registered_and_loaded(
 
     # Both gates passed (accuracy above, speed recorded for this board): the loader takes it.
     record_speed(settings, "raspberry-pi-5", MODEL, "openvino:cpu", {"winner": "int8"})
-    image = cv2.cvtColor(cv2.imread(str(shared_images / "portraits" / "astronaut.png")), 4)
+    bgr = cv2.imread(str(shared_images / "portraits" / "astronaut.png"))
+    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     engine = Engine(settings)
     try:
         with engine.acquire(MODEL, backend="openvino:cpu") as loaded:
