@@ -103,7 +103,7 @@ def choose_models(catalog: Any) -> tuple[dict[str, str], list[str]]:
 
 def fetch_models(settings: Settings, catalog: Any, names: list[str]) -> list[str]:
     """Fetch what is missing; returns one clear line per model that could not be fetched."""
-    from edged.fetch import context_from_settings, fetch_entry, pick_model_dir
+    from edged.models.fetch import context_from_settings, fetch_entry, pick_model_dir
 
     ctx = context_from_settings(settings, timeout=60, retries=2)
     problems = []
@@ -125,8 +125,8 @@ def fetch_models(settings: Settings, catalog: Any, names: list[str]) -> list[str
 
 def fetch_sample(settings: Settings) -> Path:
     """The CC0 sample photo, cached under ``{cache_dir}/demo`` and checked by sha256."""
-    from edged.fetch import context_from_settings
-    from edged.fetch_sources import fetch_source
+    from edged.models.fetch import context_from_settings
+    from edged.models.sources import fetch_source
 
     dest = settings.cache_dir / "demo" / "astronaut.png"
     if dest.is_file() and _sha256(dest) == SAMPLE_SHA256:
@@ -273,7 +273,7 @@ class DemoDaemon:
             )
 
     def wait_ready(self, requests: str, timeout: float) -> None:
-        from edged.client import Client
+        from edged.wire.client import Client
 
         deadline = time.monotonic() + timeout
         with Client(requests, timeout_s=2.0) as client:

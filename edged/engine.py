@@ -16,13 +16,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from edged.catalog import Catalog
-from edged.catalog_schema import ModelEntry
 from edged.config import Settings
 from edged.errors import ModelNotFound
-from edged.loader import LoadedModel as LoadedModel  # noqa: PLC0414 - explicit re-export (mypy strict) for callers that import it from here
-from edged.loader import load_model
-from edged.pool import ModelPool
+from edged.models.catalog import Catalog
+from edged.models.loader import LoadedModel as LoadedModel  # noqa: PLC0414 - explicit re-export (mypy strict) for callers that import it from here
+from edged.models.loader import load_model
+from edged.models.schema import ModelEntry
+from edged.pool.model_pool import ModelPool
 from edged.profiles import ProfileChoice, choose
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
 
@@ -81,7 +81,7 @@ class Engine:
         return [backend] if backend else self.profile.backends(entry.task)
 
     def _load(self, entry: ModelEntry, backend: str | None, threads: int) -> LoadedModel:
-        """Licence gate, file choice, verification, load and warm-up: see edged.loader."""
+        """Licence gate, file choice, verification, load and warm-up: see edged.models.loader."""
         return load_model(
             entry,
             self.catalog,
@@ -127,7 +127,7 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Pool figures (resident models, loads, evictions, hit rate) plus process memory."""
-        from edged.stats import process_memory
+        from edged.pool.estimates import process_memory
 
         return {**self.pool.stats(), "process": process_memory()}
 

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from edged.bench.fuzz import config_toml
-from edged.client import Client
 from edged.errors import BadRequest, ServerUnavailable, TooLarge
-from edged.io.protocol import encode_request
-from edged.io.security import generate_keys, read_key_pair, read_public_key
 from edged.testing import make_tiny_sd_dir, png_bomb
-from edged.testing_daemon import Daemon, free_port
+from edged.testing.daemon import Daemon, free_port
+from edged.wire.client import Client
+from edged.wire.protocol import encode_request
+from edged.wire.security import generate_keys, read_key_pair, read_public_key
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -225,7 +225,7 @@ def test_size_and_pixel_limits_are_enforced_before_decoding(served: dict[str, An
 def test_confine_follows_symlinks_and_only_generation_looks_at_the_cwd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edged.io.confine import confine_paths
+    from edged.daemon.confine import confine_paths
     from edged.tasks.base import TaskRequest
 
     models, outside = tmp_path / "models", tmp_path / "outside"

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 import edged
-from edged.catalog import (
+from edged.config import DEFAULT_ALLOWED_LICENCES, load_settings
+from edged.errors import ConfigError, LicenceNotAllowed, ModelNotFound, ModelVerificationError
+from edged.models.add import add_model
+from edged.models.catalog import (
     Catalog,
     check_licence,
     clear_verify_cache,
@@ -21,10 +24,7 @@ from edged.catalog import (
     shipped_catalog_dir,
     verify_file,
 )
-from edged.catalog_add import add_model
-from edged.catalog_schema import ModelEntry, ModelFile
-from edged.config import DEFAULT_ALLOWED_LICENCES, load_settings
-from edged.errors import ConfigError, LicenceNotAllowed, ModelNotFound, ModelVerificationError
+from edged.models.schema import ModelEntry, ModelFile
 from edged.runtime.base import file_sha256
 from edged.testing import make_scale_model
 

@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.client import Client, Message, Subscriber
+from edged.daemon.publisher import Publisher
+from edged.daemon.server import RequestServer
 from edged.errors import BadRequest, ServerUnavailable
-from edged.io.publisher import Publisher
-from edged.io.server import RequestServer
 from edged.tasks.base import TaskResult
 from edged.testing import ScaleModelHandler, make_scale_model, zmq_settings
+from edged.wire.client import Client, Message, Subscriber
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +256,9 @@ def test_array_inputs_travel_raw_when_the_reply_is_raw(
 
     import zmq
 
-    from edged.io.context import get_context
-    from edged.io.protocol import Reply
-    from edged.io.server import split_envelope
+    from edged.daemon.server import split_envelope
+    from edged.wire.context import get_context
+    from edged.wire.protocol import Reply
 
     router = get_context().socket(zmq.ROUTER)
     router.bind(f"ipc://{tmp_path}/wire.sock")

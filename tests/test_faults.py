@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 
 from edged.bench.fuzz import config_toml
-from edged.client import Client
 from edged.errors import EdgedError
 from edged.testing import make_tiny_sd_dir, small_tmpfs
-from edged.testing_daemon import (
+from edged.testing.daemon import (
     Collector,
     Daemon,
     MjpegServer,
@@ -35,8 +34,9 @@ from edged.testing_daemon import (
     wait_until,
     write_video,
 )
+from edged.wire.client import Client
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edged.service"
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edged.daemon.service"
 FAST = {
     "inbox_poll_s": 0.1,
     "reconnect_initial_s": 0.2,
@@ -242,7 +242,7 @@ def test_cameras_that_disappear_go_down_and_retry_while_other_streams_flow(
 
 def unit_stop_timeout() -> float:
     match = re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), re.M)
-    assert match, "systemd/edged.service has no TimeoutStopSec"
+    assert match, "systemd/edged.daemon.service has no TimeoutStopSec"
     return float(match.group(1))
 
 

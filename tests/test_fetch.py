@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.catalog import Catalog
-from edged.catalog_schema import ModelEntry, ModelFile
 from edged.config import load_settings
 from edged.errors import FetchError
-from edged.fetch import fetch_entry, fetch_file, pick_model_dir
-from edged.fetch_sources import FetchContext, parse_package_source, pick_wheel
+from edged.models.catalog import Catalog
+from edged.models.fetch import fetch_entry, fetch_file, pick_model_dir
+from edged.models.schema import ModelEntry, ModelFile
+from edged.models.sources import FetchContext, parse_package_source, pick_wheel
 from edged.testing import (
     FileServer,
     build_npm_tarball,
@@ -353,7 +353,7 @@ def _run_on_pty(code: str) -> str:
 def test_progress_bar_on_a_tty_and_log_lines_otherwise(server: FileServer, tmp_path: Path) -> None:
     url = server.add("/m.tflite", MODEL)
     code = (
-        "from pathlib import Path; from edged.fetch_http import download; "
+        "from pathlib import Path; from edged.models.http import download; "
         "from edged.log import configure_logging; configure_logging(); "
         f"download({url!r}, Path({str(tmp_path / 'p.part')!r}), label='m.tflite')"
     )

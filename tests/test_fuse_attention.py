@@ -10,8 +10,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from edged.cli import main
-from edged.fuse_attention import _unpack_self_attention
-from edged.quantize import op_counts
+from edged.graph.fuse_attention import _unpack_self_attention
+from edged.quantization.onnx_quantizer import op_counts
 
 
 def _attention_model(hidden: int = 16, heads: int = 2) -> onnx.ModelProto:

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from edged.config import load_settings
 from edged.engine import Engine
 from edged.errors import BadRequest
-from edged.graph_split import split_model
+from edged.graph.split import split_model
 from edged.tasks.base import TaskRequest
 from edged.tasks.generation.lora import read_safetensors
 from edged.tasks.generation.staged import clear_embedding_cache, estimate_bytes
@@ -129,7 +129,7 @@ def test_lora_with_the_unet_in_parts(sd: Path, tmp_path: Path) -> None:
 
 
 def test_bad_adapters_are_clear_errors(engine: Engine, sd: Path, tmp_path: Path) -> None:
-    from edged.quantize import quantize_file
+    from edged.quantization.onnx_quantizer import quantize_file
     from edged.testing import write_safetensors
 
     with pytest.raises(BadRequest, match="no such file"):

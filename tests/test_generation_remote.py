@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from edged.config import load_settings
+from edged.daemon.server import RequestServer
 from edged.engine import Engine
 from edged.errors import BadRequest, ConfigError, SourceError
-from edged.io.protocol import Request
-from edged.io.server import RequestServer
 from edged.tasks.base import TaskRequest, TaskResult
 from edged.tasks.generation import encode_text
 from edged.tasks.generation.remote import endpoint_of, request_embeddings
 from edged.tasks.generation.staged import clear_embedding_cache
 from edged.testing import make_tiny_sd_dir, zmq_settings
+from edged.wire.protocol import Request
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from edged.config import load_settings
+from edged.daemon.server import RequestServer
 from edged.engine import Engine
 from edged.errors import BadRequest, ModelLoadError
-from edged.io.protocol import Request
-from edged.io.server import RequestServer
 from edged.runtime import config_for, open_session
 from edged.tasks.base import TaskRequest, TaskResult
 from edged.tasks.generation import encode_text, sdxl
@@ -27,6 +26,7 @@ from edged.tasks.generation.staged import clear_embedding_cache
 from edged.tasks.generation.tokenizer import ClipTokenizer
 from edged.testing import zmq_settings
 from edged.testing.sdxl import DIMS, POOLED, make_tiny_sdxl_dir
+from edged.wire.protocol import Request
 
 
 @pytest.fixture(scope="module")

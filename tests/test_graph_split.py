@@ -19,7 +19,7 @@ from edged.cli import main
 from edged.config import load_settings
 from edged.engine import Engine
 from edged.errors import BadRequest, ModelLoadError
-from edged.graph_split import choose_cuts, read_parts, split_model
+from edged.graph.split import choose_cuts, read_parts, split_model
 from edged.tasks.base import TaskRequest
 from edged.tasks.generation.staged import clear_embedding_cache, estimate_bytes
 from edged.testing import make_tiny_sd_dir
@@ -66,7 +66,7 @@ def test_parts_in_sequence_equal_the_whole_model(
 
 def test_quantized_graph_splits_with_onnxruntime_types(tmp_path: Path) -> None:
     """Contrib-op outputs crossing a cut get their type from onnxruntime, not ONNX inference."""
-    from edged.quantize import quantize_file
+    from edged.quantization.onnx_quantizer import quantize_file
 
     src = make_tiny_unet(tmp_path / "fp32.onnx", ballast_mb=1.0)
     q = tmp_path / "unet" / "model.onnx"

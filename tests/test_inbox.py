@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edged.daemon.inbox import InboxDirs, InboxTicket, recover
 from edged.errors import BadRequest
-from edged.io.inbox import InboxDirs, InboxTicket, recover
 from edged.tasks.base import TaskResult
 from edged.testing import small_tmpfs
 
@@ -109,8 +109,8 @@ def test_disk_full_outbox_fails_the_job_without_partial_files(tmp_path: Path) ->
 
 
 def test_dropped_files_obey_the_request_limits(tmp_path: Path) -> None:
+    from edged.daemon.inbox import load_image
     from edged.errors import TooLarge
-    from edged.io.inbox import load_image
 
     path = tmp_path / "bomb.png"
     cv2.imwrite(str(path), np.zeros((300, 400), np.uint8))  # 120k pixels, a few hundred bytes
@@ -128,8 +128,8 @@ def test_inbox_source_survives_its_directory_vanishing(tmp_path: Path) -> None:
     import shutil
 
     from edged.config import ServiceSettings, StreamSettings
-    from edged.io.inbox import InboxSource
-    from edged.testing_daemon import FrameSink, wait_until
+    from edged.daemon.inbox import InboxSource
+    from edged.testing.daemon import FrameSink, wait_until
 
     inbox = tmp_path / "box" / "inbox"
     sink = FrameSink()

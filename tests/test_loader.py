@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from edged.catalog import Catalog
-from edged.catalog_schema import ModelEntry
 from edged.config import Settings, load_settings
 from edged.engine import Engine
 from edged.errors import LicenceNotAllowed, ModelLoadError, ModelNotFound, ModelVerificationError
-from edged.loader import LoadedModel, candidate_files, load_model
-from edged.precision_gate import board_key, record_speed
+from edged.models.catalog import Catalog
+from edged.models.loader import LoadedModel, candidate_files, load_model
+from edged.models.schema import ModelEntry
+from edged.quantization.speed_gate import board_key, record_speed
 from edged.testing import make_scale_model, make_scale_tflite
 
 
@@ -101,7 +101,7 @@ def test_precision_chooses_the_file(catalog: Catalog, settings: Settings) -> Non
         "espcn_x2_fp32.tflite",
         "espcn_x2_int8.tflite",
     ]
-    # int8 loads only where both quantization gates passed (edged.quantgate): record them.
+    # int8 loads only where both quantization gates passed (edged.quantization.accuracy_gate): record them.
     files = [f.model_copy(update={"gate": {"passed": True}}) for f in entry.files]
     gated = entry.model_copy(update={"files": files})
     record_speed(settings, board_key(settings), entry.name, "litert:xnnpack", {"winner": "int8"})

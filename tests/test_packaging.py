@@ -73,7 +73,9 @@ def test_wheel_ships_catalogue_and_profiles(tmp_path: Path) -> None:
         )
         return done.stdout
 
-    probe = "import edged.profiles as p, edged.catalog as c; print(p.shipped_profile_dir()); "
+    probe = (
+        "import edged.profiles as p, edged.models.catalog as c; print(p.shipped_profile_dir()); "
+    )
     where = run("-c", probe + "print(c.shipped_catalog_dir())").split()
     assert all(Path(p).is_relative_to(target) for p in where), where
     names = {

@@ -11,8 +11,10 @@ import pytest
 
 from edged.config import ZmqSettings
 from edged.errors import BadRequest, Busy, EdgedError, ModelNotFound, TooLarge
-from edged.io.payloads import decode_any, encode_array, jpeg_size, npy_header, png_size
-from edged.io.protocol import (
+from edged.tasks.base import TaskResult
+from edged.testing import png_bomb
+from edged.wire.payloads import decode_any, encode_array, jpeg_size, npy_header, png_size
+from edged.wire.protocol import (
     WIRE_CODES,
     Reply,
     decode_request,
@@ -20,8 +22,6 @@ from edged.io.protocol import (
     encode_result_message,
     peek_id,
 )
-from edged.tasks.base import TaskResult
-from edged.testing import png_bomb
 
 LIMITS = ZmqSettings(max_frame_bytes=200_000, max_pixels=64 * 64)
 

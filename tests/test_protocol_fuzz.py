@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from edged.config import ZmqSettings
 from edged.errors import EdgedError
-from edged.io.payloads import encode_array
-from edged.io.protocol import TASKS, WIRE_CODES, Reply, Request, decode_request
+from edged.wire.payloads import encode_array
+from edged.wire.protocol import TASKS, WIRE_CODES, Reply, Request, decode_request
 
 LIMITS = ZmqSettings(max_frame_bytes=300_000, max_pixels=128 * 128)
 FUZZ = settings(

@@ -7,13 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.calibration import CalibrationSet, load_images
-from edged.catalog import Catalog
-from edged.catalog_schema import ModelEntry
 from edged.config import Settings, load_settings
-from edged.loader import load_model
-from edged.precision_gate import board_key, precision_allowed, read_records, record_speed
-from edged.quantgate import (
+from edged.models.catalog import Catalog
+from edged.models.loader import load_model
+from edged.models.schema import ModelEntry
+from edged.quantization.accuracy_gate import (
     DEFAULTS,
     GateResult,
     Thresholds,
@@ -23,9 +21,11 @@ from edged.quantgate import (
     sr_gate,
     thresholds_from,
 )
+from edged.quantization.calibration import CalibrationSet, load_images
+from edged.quantization.speed_gate import board_key, precision_allowed, read_records, record_speed
+from edged.quantization.variants import record_gate
 from edged.runtime import config_for, open_session
 from edged.runtime.base import Session
-from edged.variants import record_gate
 
 CROP = 48  # LR side of the Set5 centre crops: keeps the gate runs to a few ms each
 
@@ -228,9 +228,9 @@ def test_gate_recorded_in_the_catalogue_drives_the_loader(
 
 
 def test_inpainting_gate_scores_inside_the_holes(shared_images: Path, tmp_path: Path) -> None:
-    from edged.calibration import model_feeds
-    from edged.catalog_schema import ModelEntry
-    from edged.quantgate import inpaint_gate
+    from edged.models.schema import ModelEntry
+    from edged.quantization.accuracy_gate import inpaint_gate
+    from edged.quantization.calibration import model_feeds
     from edged.testing import make_inpaint_model
 
     calib = CalibrationSet.from_dir(shared_images / "inpaint" / "places2_512_object")

@@ -1,4 +1,4 @@
-"""edged.quantize and `edged models quantize` on the tiny UNet (real onnxruntime quantizers)."""
+"""edged.quantization.onnx_quantizer and `edged models quantize` on the tiny UNet (real onnxruntime quantizers)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from edged.cli import main
 from edged.config import load_settings
 from edged.engine import Engine
 from edged.errors import BadRequest, ModelNotFound
-from edged.quantize import op_counts, quantize, timestep_only_nodes
+from edged.quantization.onnx_quantizer import op_counts, quantize, timestep_only_nodes
 from edged.tasks.base import TaskRequest
 from edged.testing import make_tiny_sd_dir
 

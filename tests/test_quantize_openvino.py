@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from edged.bench.quant_variants import file_format
-from edged.catalog import Catalog, dir_sha256
 from edged.cli import main
 from edged.config import load_settings
 from edged.engine import Engine
-from edged.precision_gate import record_speed
-from edged.quantgate import iou
+from edged.models.catalog import Catalog, dir_sha256
+from edged.quantization.accuracy_gate import iou
+from edged.quantization.speed_gate import record_speed
 from edged.tasks.base import TaskRequest
 
 pytest.importorskip("nncf", reason="NNCF missing: pip install 'edged[quantize]'")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edged.catalog import Catalog
 from edged.cli import main
 from edged.config import load_settings
+from edged.models.catalog import Catalog
 
 
 @pytest.fixture

@@ -10,14 +10,19 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.calibration import CalibrationReader, CalibrationSet, load_images, model_feeds
-from edged.catalog import Catalog, file_sha256
 from edged.cli import main
 from edged.config import Settings, load_settings
 from edged.errors import BadRequest
-from edged.loader import load_model
-from edged.precision_gate import read_records, record_speed
-from edged.quantize_vision import GateFailed, quantize_catalog_model
+from edged.models.catalog import Catalog, file_sha256
+from edged.models.loader import load_model
+from edged.quantization.calibration import (
+    CalibrationReader,
+    CalibrationSet,
+    load_images,
+    model_feeds,
+)
+from edged.quantization.speed_gate import read_records, record_speed
+from edged.quantization.vision import GateFailed, quantize_catalog_model
 from edged.runtime import config_for, open_session
 from edged.testing import make_conv_sr_model, write_manifest
 

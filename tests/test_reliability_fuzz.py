@@ -14,7 +14,7 @@ import pytest
 
 from edged.bench.fuzz import LiveDaemon, check_reply, fuzz_daemon, run_fuzz
 from edged.bench.fuzz_cases import Case
-from edged.client import Client
+from edged.wire.client import Client
 
 REQUESTS = 5000
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.client import Client
-from edged.testing_daemon import (
+from edged.testing.daemon import (
     Collector,
     Daemon,
     RtspServer,
@@ -18,6 +17,7 @@ from edged.testing_daemon import (
     rtsp_server_missing,
     toml_config,
 )
+from edged.wire.client import Client
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from concurrent.futures import wait
 
 import pytest
 
+from edged.daemon.scheduler import Job, Scheduler
 from edged.errors import Busy
-from edged.scheduler import Job, Scheduler
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
-from edged.testing_daemon import wait_until
+from edged.testing.daemon import wait_until
 
 
 class Recorder:

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from edged.client import Client, Subscriber
+from edged.daemon.publisher import Publisher
+from edged.daemon.server import RequestServer
 from edged.errors import ConfigError, ServerUnavailable
-from edged.io.protocol import Reply, Request
-from edged.io.publisher import Publisher
-from edged.io.security import generate_keys, read_key_pair, read_public_key
-from edged.io.server import RequestServer
 from edged.testing import zmq_settings
+from edged.wire.client import Client, Subscriber
+from edged.wire.protocol import Reply, Request
+from edged.wire.security import generate_keys, read_key_pair, read_public_key
 
 
 def _echo(request: Request) -> Reply:

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import zmq
 
-from edged.client import Client
+from edged.daemon.server import RequestServer
 from edged.errors import Busy, ModelNotFound, ServerUnavailable, TooLarge
-from edged.io.context import get_context
-from edged.io.payloads import encode_array
-from edged.io.protocol import Reply, Request
-from edged.io.server import RequestServer
 from edged.testing import ScaleModelHandler, make_scale_model, png_bomb, zmq_settings
+from edged.wire.client import Client
+from edged.wire.context import get_context
+from edged.wire.payloads import encode_array
+from edged.wire.protocol import Reply, Request
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.client import Client
-from edged.testing_daemon import (
+from edged.testing.daemon import (
     Collector,
     Daemon,
     endpoints,
@@ -23,6 +22,7 @@ from edged.testing_daemon import (
     wait_until,
     write_video,
 )
+from edged.wire.client import Client
 
 
 def portrait(shared_images: Path, size: int = 96) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edged.sdnotify import Notifier
-from edged.testing_daemon import wait_until
+from edged.daemon.sdnotify import Notifier
+from edged.testing.daemon import wait_until
 
 
 def _recv(sock: socket.socket) -> dict[str, str]:
@@ -70,8 +70,8 @@ def test_watchdog_is_withheld_while_no_worker_makes_progress(tmp_path: Path) -> 
     import threading
 
     from edged.config import Settings
-    from edged.scheduler import Job, Scheduler
-    from edged.service import Service
+    from edged.daemon.scheduler import Job, Scheduler
+    from edged.daemon.service import Service
     from edged.tasks.base import TaskRequest, TaskResult
 
     gate = threading.Event()

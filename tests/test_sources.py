@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from edged.config import ServiceSettings, StreamSettings
+from edged.daemon.sources import CaptureSource, ImageSource, _redact, source_kind
 from edged.errors import ConfigError, SourceError
-from edged.io.sources import CaptureSource, ImageSource, _redact, source_kind
-from edged.testing_daemon import FrameSink, moving_frames, wait_until, write_video
+from edged.testing.daemon import FrameSink, moving_frames, wait_until, write_video
 
 FAST = ServiceSettings(reconnect_initial_s=0.05, reconnect_max_s=0.2)
 
@@ -121,7 +121,7 @@ def test_undecodable_image_file_reports_down(tmp_path: Path) -> None:
 
 
 def test_pacer_applies_every_nth_then_max_fps_on_the_source_clock() -> None:
-    from edged.io.sources import _Pacer
+    from edged.daemon.sources import _Pacer
 
     now = [0.0]
     pacer = _Pacer(every_nth=2, max_fps=5.0, clock=lambda: now[0])

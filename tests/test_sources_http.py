@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from edged.config import ServiceSettings, StreamSettings
-from edged.io.sources import CaptureSource
-from edged.testing_daemon import FrameSink, MjpegServer, wait_until
+from edged.daemon.sources import CaptureSource
+from edged.testing.daemon import FrameSink, MjpegServer, wait_until
 
 
 def test_stalled_mjpeg_stream_times_out_reconnects_and_resumes() -> None:

@@ -13,14 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.client import Client
 from edged.config import ServiceSettings, StreamSettings, load_settings
+from edged.daemon.ordering import InOrder
+from edged.daemon.scheduler import Job, Scheduler
+from edged.daemon.streams import StreamRunner
 from edged.engine import Engine, current_replica, replica
-from edged.ordering import InOrder
-from edged.scheduler import Job, Scheduler
-from edged.streams import StreamRunner
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
-from edged.testing_daemon import (
+from edged.testing.daemon import (
     Collector,
     Daemon,
     endpoints,
@@ -29,6 +28,7 @@ from edged.testing_daemon import (
     wait_until,
     write_video,
 )
+from edged.wire.client import Client
 
 BARRIER_S = 20.0
 """Bound of every wait below: a broken promise fails the test instead of hanging it."""

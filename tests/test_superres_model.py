@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.catalog import Catalog, load_entry, package_data_models_dir, shipped_catalog_dir
 from edged.config import Settings
 from edged.engine import Engine
+from edged.models.catalog import Catalog, load_entry, package_data_models_dir, shipped_catalog_dir
 from edged.runtime.base import file_sha256
 from edged.testing import set5_pairs, set5_score, write_manifest
 

@@ -1,4 +1,4 @@
-"""systemd/edged.service passes `systemd-analyze verify` and scores exposure <= 2.0."""
+"""systemd/edged.daemon.service passes `systemd-analyze verify` and scores exposure <= 2.0."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edged.service"
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edged.daemon.service"
 INSTALLED_EXEC = "/opt/edged/venv/bin/edged"
 
 
@@ -22,7 +22,7 @@ def unit_copy(tmp_path: Path) -> Path:
     edged = Path(sys.executable).with_name("edged")
     text = UNIT.read_text()
     assert INSTALLED_EXEC in text
-    copy = tmp_path / "edged.service"
+    copy = tmp_path / "edged.daemon.service"
     copy.write_text(text.replace(INSTALLED_EXEC, str(edged)))
     return copy
 
@@ -71,7 +71,7 @@ def test_security_exposure_at_most_2(unit_copy: Path) -> None:
 
 def test_example_config_is_valid_and_every_stream_source_is_understood() -> None:
     from edged.config import load_settings
-    from edged.io.sources import source_kind
+    from edged.daemon.sources import source_kind
 
     settings = load_settings(UNIT.with_name("edged.toml"))
     kinds = {source_kind(s.source) for s in settings.streams}

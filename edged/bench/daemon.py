@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edged.client import Client
 from edged.errors import BackendUnavailable, ServerUnavailable
+from edged.wire.client import Client
 
 
 def _toml_value(value: Any) -> str:

@@ -135,7 +135,7 @@ def run_fuzz(
     """Send ``requests`` generated requests; ``alive()`` -> False means the daemon died."""
     import zmq
 
-    from edged.io.context import get_context
+    from edged.wire.context import get_context
 
     ctx = get_context()
     gen = CaseGenerator(seed, max_frame_bytes=MAX_FRAME_BYTES, max_pixels=MAX_PIXELS)

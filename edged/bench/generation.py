@@ -65,12 +65,12 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     from edged.config import load_settings
     from edged.engine import Engine
     from edged.memory import PeakSampler, reset_hwm, snapshot
-    from edged.pool import ModelPool
+    from edged.pool.model_pool import ModelPool
     from edged.tasks.base import TaskRequest
 
     overrides: dict[str, Any] = {"model_dirs": [args.model_dirs]} if args.model_dirs else {}
     # The budget asked for, not capped by the profile's default: the baseline is unlimited.
-    from edged.stats import ESTIMATES_FILE
+    from edged.pool.estimates import ESTIMATES_FILE
 
     budget = parse_bytes(args.budget)
     assert isinstance(budget, int)

@@ -42,11 +42,11 @@ from edged.bench.common import (
     time_ns,
 )
 from edged.bench.daemon import BenchDaemon
-from edged.client import Client
 from edged.engine import Engine
 from edged.runtime.base import Array
 from edged.runtime.recording import RecordingSession
 from edged.tasks.base import TaskRequest
+from edged.wire.client import Client
 
 GOAL_MODEL = "selfie_segmentation"
 BLOCK_SECONDS = 2.0

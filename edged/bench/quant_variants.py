@@ -1,8 +1,8 @@
 """The int8 variants ``edged bench quantization`` compares with fp32, per model.
 
 The entry's own int8 files (e.g. the shared ``*_int8.tflite``), plus one made here when the
-entry has none of that kind: a static QDQ ONNX (``edged.quantize_vision``) from an fp32 ONNX
-file, else an NNCF OpenVINO IR (``edged.quantize_openvino``) from a file OpenVINO reads
+entry has none of that kind: a static QDQ ONNX (``edged.quantization.vision``) from an fp32 ONNX
+file, else an NNCF OpenVINO IR (``edged.quantization.openvino_quantizer``) from a file OpenVINO reads
 (TFLite-only models). Made variants are cached in ``{cache_dir}/quantization`` by source and
 calibration images; one that cannot be made is listed with its reason, never dropped.
 """
@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edged.calibration import CalibrationSet, load_images
-from edged.catalog import Catalog, file_sha256
-from edged.catalog_schema import ModelEntry, ModelFile
 from edged.config import Settings
-from edged.quantgate import GateResult
+from edged.models.catalog import Catalog, file_sha256
+from edged.models.schema import ModelEntry, ModelFile
+from edged.quantization.accuracy_gate import GateResult
+from edged.quantization.calibration import CalibrationSet, load_images
 from edged.runtime.base import FORMAT_OF_RUNTIME, one_line
 
 
@@ -72,7 +72,7 @@ def _cached(
 
 def made_here(settings: Settings, entry: ModelEntry, src: Path, calib: CalibrationSet) -> Variant:
     """The QDQ variant of an fp32 ONNX file (its layer exclusions noted beside it)."""
-    from edged.quantize_vision import calibrated_qdq
+    from edged.quantization.vision import calibrated_qdq
 
     def make(out: Path) -> None:
         work = out.parent / "trials"
@@ -88,8 +88,8 @@ def made_here_openvino(
     settings: Settings, entry: ModelEntry, src: Path, calib: CalibrationSet
 ) -> Variant:
     """The NNCF int8 OpenVINO IR of a model with no fp32 ONNX file (TFLite-only)."""
-    from edged.calibration import model_feeds
-    from edged.quantize_openvino import ov_session, quantize_openvino
+    from edged.quantization.calibration import model_feeds
+    from edged.quantization.openvino_quantizer import ov_session, quantize_openvino
 
     def make(out: Path) -> None:
         fp32 = ov_session(src, "fp32")

@@ -4,8 +4,8 @@ For every installed super-resolution and segmentation model of the catalogue:
 
 * int8 variants = the entry's int8 files (e.g. the shared ``*_int8.tflite``) plus, for a model
   with an fp32 ONNX file, a static QDQ variant made here with the calibration images
-  (``edged.quantize_vision``; cached in ``{cache_dir}/quantization`` by source + images);
-* accuracy: each variant's gate (``edged.quantgate``; limits from ``[quantization]`` or the
+  (``edged.quantization.vision``; cached in ``{cache_dir}/quantization`` by source + images);
+* accuracy: each variant's gate (``edged.quantization.accuracy_gate``; limits from ``[quantization]`` or the
   ``--max-drop-db``/``--min-iou`` flags) against the fp32 file of its own format on the
   held-out split; the result of a catalogue file is stored on its catalogue entry
   (user manifest) so ``edged models list`` shows it and the loader obeys it;
@@ -25,17 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from edged.bench.quant_variants import Variant, file_format, fp32_for, variants
-from edged.calibration import (
-    SEG_FAMILIES,
-    SR_FAMILIES,
-    CalibrationSet,
-    load_images,
-    seg_feed,
-    sr_pair,
-    sr_upscale_y,
-)
-from edged.catalog import Catalog
-from edged.catalog_schema import ModelEntry
 from edged.cli.common import (
     add_common,
     add_gate_flags,
@@ -45,8 +34,19 @@ from edged.cli.common import (
 )
 from edged.config import Settings
 from edged.errors import EdgedError
-from edged.precision_gate import board_key, record_speed, update_records
-from edged.quantgate import GateResult, Thresholds, thresholds_from
+from edged.models.catalog import Catalog
+from edged.models.schema import ModelEntry
+from edged.quantization.accuracy_gate import GateResult, Thresholds, thresholds_from
+from edged.quantization.calibration import (
+    SEG_FAMILIES,
+    SR_FAMILIES,
+    CalibrationSet,
+    load_images,
+    seg_feed,
+    sr_pair,
+    sr_upscale_y,
+)
+from edged.quantization.speed_gate import board_key, record_speed, update_records
 from edged.runtime import config_for, open_session
 from edged.runtime.base import FORMAT_OF_RUNTIME, Session, one_line, split_backend
 
@@ -120,7 +120,7 @@ def _open_for_gate(path: Path, *, openvino: bool = False, precision: str = "fp32
     """The runtime a file is gated on: OpenVINO for OpenVINO variants (and their fp32
     reference, whatever its format), else the file's own runtime."""
     if openvino:
-        from edged.quantize_openvino import ov_session
+        from edged.quantization.openvino_quantizer import ov_session
 
         return ov_session(path, precision)
     backend = "litert:xnnpack" if path.suffix == ".tflite" else "onnx:cpu"
@@ -134,8 +134,8 @@ def gate_variant(
     calib: CalibrationSet,
     thresholds: Thresholds,
 ) -> GateResult:
-    from edged.quantize_vision import BIG_MODEL
-    from edged.variants import evaluate_gate
+    from edged.quantization.variants import evaluate_gate
+    from edged.quantization.vision import BIG_MODEL
 
     crop = 64 if fp32_path.stat().st_size > BIG_MODEL else None
     ov = file_format(variant.path) == "openvino"
@@ -165,7 +165,7 @@ def _accuracy(
     *,
     record: bool,
 ) -> None:
-    from edged.variants import record_gate
+    from edged.quantization.variants import record_gate
 
     thresholds = thresholds_from(settings)
     for v in found:

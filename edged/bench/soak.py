@@ -190,8 +190,8 @@ class _Runner:
             return self.next - 1
 
     def worker(self) -> None:
-        from edged.client import Client
         from edged.errors import EdgedError
+        from edged.wire.client import Client
 
         with Client(self.endpoint, timeout_s=60) as client:
             while (index := self.take()) is not None:
@@ -239,7 +239,7 @@ def run_soak(
     kinds: tuple[str, ...] = MIX,
 ) -> SoakReport:
     """Send ``jobs`` mixed jobs from ``clients`` threads; sample the daemon ``pid``."""
-    from edged.client import Client
+    from edged.wire.client import Client
 
     with Client(endpoint, timeout_s=30) as client:
         names = {m["name"] for m in client.models()}

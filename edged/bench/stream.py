@@ -72,13 +72,13 @@ def collect(endpoint: str, warmup_s: float, seconds: float) -> list[tuple[float,
     """(receive time, header) of every ``cam0.`` result in the window after ``warmup_s``.
 
     A bare SUB socket that parses only the JSON header: decoding every mask here (as
-    ``edged.client.Subscriber`` does) would take CPU from the daemon under test on a small
+    ``edged.wire.client.Subscriber`` does) would take CPU from the daemon under test on a small
     board. Timestamps are taken as each message arrives.
     """
     import zmq
 
-    from edged.io.context import get_context
-    from edged.io.protocol import loads_object
+    from edged.wire.context import get_context
+    from edged.wire.protocol import loads_object
 
     sock = get_context().socket(zmq.SUB)
     sock.linger = 0
@@ -166,7 +166,7 @@ def run_suite(
 ) -> dict[str, Any]:
     """``rounds`` times: edged, raw loops, MediaPipe, in turn, so that load from other
     processes falls on every pipeline alike; each figure is the median over rounds."""
-    from edged.catalog import Catalog
+    from edged.models.catalog import Catalog
 
     catalog = Catalog.from_settings(settings)
     entry = catalog.get(MODEL)

@@ -23,7 +23,7 @@ SIZE = (640, 360)
 def make_clip(path: Path, frames: int = 150, fps: float = 30.0) -> Path:
     """A 640x360 MJPG clip panning over a real photo (synthetic if the photo is absent)."""
     from edged.bench.common import bench_image
-    from edged.testing_daemon import moving_frames, write_video
+    from edged.testing.daemon import moving_frames, write_video
 
     photo = bench_image(1280, 720)
     return write_video(path, moving_frames(photo, frames, size=SIZE), fps=fps)

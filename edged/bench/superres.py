@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _model_path(settings: Any) -> Path:
-    from edged.catalog import Catalog
+    from edged.models.catalog import Catalog
 
     catalog = Catalog.from_settings(settings)
     entry = catalog.get(MODEL)

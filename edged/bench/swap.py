@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _onnx_file(settings: Any, model: str) -> tuple[Path, str | None]:
-    from edged.catalog import Catalog
+    from edged.models.catalog import Catalog
 
     catalog = Catalog.from_settings(settings)
     for file in catalog.get(model).files:
@@ -90,10 +90,10 @@ def child_load(settings: Any, model: str, threads: int, cache_dir: Path | None) 
 
 def child_cycles(settings: Any, model: str, threads: int, cycles: int) -> dict[str, Any]:
     """Load (cached graph), run once on 16x16, evict; ``cycles`` times through the pool."""
-    from edged.catalog import Catalog
-    from edged.loader import LoadedModel, load_model
     from edged.memory import release_memory, snapshot, wait_settled
-    from edged.pool import ModelPool
+    from edged.models.catalog import Catalog
+    from edged.models.loader import LoadedModel, load_model
+    from edged.pool.model_pool import ModelPool
     from edged.runtime.base import warmup_feeds
 
     catalog = Catalog.from_settings(settings)

@@ -11,10 +11,10 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.cli.common import add_common, print_json, settings_from_args
-from edged.client import Client, Subscriber
 from edged.errors import BadRequest
-from edged.io.payloads import is_image
-from edged.io.security import generate_keys, read_key_pair, read_public_key
+from edged.wire.client import Client, Subscriber
+from edged.wire.payloads import is_image
+from edged.wire.security import generate_keys, read_key_pair, read_public_key
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -38,7 +38,7 @@ def _handler(args: argparse.Namespace) -> int:
     work = out / "work"
     work.mkdir()
     print(f"edged demo: fetching models and a sample photo (cache {settings.cache_dir})")
-    from edged.catalog import Catalog
+    from edged.models.catalog import Catalog
 
     catalog = Catalog.from_settings(settings)
     models, notes = demo.choose_models(catalog)
@@ -93,7 +93,7 @@ def _run(settings: Any, models: dict[str, str], photo: Any, out: Path, work: Pat
 
 def _segmentation(results: str, model: str, frames: list[Any], out: Path) -> Any:
     from edged import demo
-    from edged.client import Subscriber
+    from edged.wire.client import Subscriber
 
     outcome = demo.Outcome("segmentation", model)
     seen: dict[int, Any] = {}
@@ -120,7 +120,7 @@ def _segmentation(results: str, model: str, frames: list[Any], out: Path) -> Any
 
 def _inpainting(requests: str, model: str, photo: Any, out: Path) -> Any:
     from edged import demo
-    from edged.client import Client
+    from edged.wire.client import Client
 
     outcome = demo.Outcome("inpainting", model)
     image = demo._cv2().resize(photo, (256, 256), interpolation=demo._cv2().INTER_AREA)

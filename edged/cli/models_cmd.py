@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edged.catalog import Catalog, licence_allowed, verify_file
-from edged.catalog_schema import ModelEntry
 from edged.cli.common import add_common, print_json, settings_from_args
 from edged.cli.models_quantize import register_quantize
 from edged.cli.models_split import register_split
 from edged.config import Settings
 from edged.errors import FetchError, ModelVerificationError
+from edged.models.catalog import Catalog, licence_allowed, verify_file
+from edged.models.schema import ModelEntry
 from edged.schema import format_bytes
 
 
@@ -183,7 +183,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from edged.fetch import context_from_settings, fetch_entry, pick_model_dir
+    from edged.models.fetch import context_from_settings, fetch_entry, pick_model_dir
 
     settings = settings_from_args(args)
     catalog = _catalog(settings)
@@ -226,7 +226,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from edged.catalog_add import add_model
+    from edged.models.add import add_model
 
     settings = settings_from_args(args)
     manifest, entry = add_model(

@@ -19,7 +19,7 @@ from edged.cli.common import (
     settings_from_args,
 )
 from edged.errors import BadRequest
-from edged.quantize import SCHEMES, quantize
+from edged.quantization.onnx_quantizer import SCHEMES, quantize
 
 
 def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,7 +112,10 @@ def _quantize(args: argparse.Namespace) -> int:
 def _quantize_name(args: argparse.Namespace) -> int:
     """NAME: calibrated QDQ (or NNCF for ``--format openvino``), the accuracy gate,
     registration; the gate flags override the ``[quantization]`` settings."""
-    from edged.quantize_vision import GateFailed, quantize_catalog_model  # numpy: not for --help
+    from edged.quantization.vision import (  # numpy: not for --help
+        GateFailed,
+        quantize_catalog_model,
+    )
 
     if args.format == "tflite":
         raise BadRequest(
@@ -124,7 +127,7 @@ def _quantize_name(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, **gate_overrides(args))
     kwargs: dict[str, Any] = {"keep_failed": args.keep_failed, "out_dir": args.out}
     if args.format == "openvino":
-        from edged.quantize_openvino import quantize_catalog_openvino
+        from edged.quantization.openvino_quantizer import quantize_catalog_openvino
 
         if args.scheme not in (None, "qdq-int8"):
             raise BadRequest("--format openvino makes static int8 only (--scheme qdq-int8)")

@@ -27,7 +27,7 @@ def register_split(actions: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _split(args: argparse.Namespace) -> int:
-    from edged.graph_split import split_model
+    from edged.graph.split import split_model
     from edged.tasks.generation.parts import PARTS_DIR
 
     src: Path = args.src

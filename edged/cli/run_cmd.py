@@ -1,4 +1,4 @@
-"""``edged run``: start the daemon (see edged.service and docs/service.md)."""
+"""``edged run``: start the daemon (see edged.daemon.service and docs/service.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _handler(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     # Imported after logging is configured: module-level loggers bind at import time.
-    from edged.service import Service
+    from edged.daemon.service import Service
 
     overrides = {"log_level": args.log_level} if args.log_level else {}
     return Service(settings, config_file=args.config, overrides=overrides).run()

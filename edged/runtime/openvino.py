@@ -37,7 +37,7 @@ _DEVICE_HINT = {
 }
 _PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 IR_XML = "model.xml"
-"""An IR saved as a directory (``edged.quantize_openvino``) holds its graph under this name."""
+"""An IR saved as a directory (``edged.quantization.openvino_quantizer``) holds its graph under this name."""
 
 
 def model_file(path: Path) -> Path:

@@ -35,8 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edged import imaging
-from edged.catalog_schema import ModelEntry
 from edged.errors import BadRequest, Cancelled, ConfigError, ModelNotFound
+from edged.models.schema import ModelEntry
 from edged.runtime.base import Array, Feeds, Session
 from edged.tasks.base import Image, ProgressFn, TaskRequest, TaskResult
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edged.catalog_schema import ModelEntry
 from edged.errors import Cancelled, ModelLoadError
+from edged.models.schema import ModelEntry
 from edged.runtime.base import Session, TensorSpec
 
 Image = npt.NDArray[np.uint8]

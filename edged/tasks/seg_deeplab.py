@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edged.catalog_schema import ModelEntry
 from edged.engine import Engine
 from edged.errors import BadRequest
 from edged.imaging import resize, resize_float
+from edged.models.schema import ModelEntry
 from edged.tasks.base import TaskRequest
 from edged.tasks.seg_common import (
     Image,

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edged.catalog_schema import ModelEntry
 from edged.engine import Engine
 from edged.errors import BadRequest, ConfigError
 from edged.imaging import image_hash, resize, resize_float
+from edged.models.schema import ModelEntry
 from edged.tasks.base import TaskRequest
 from edged.tasks.seg_common import Image, SegOutput, Timer, input_spec
 

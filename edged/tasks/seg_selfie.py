@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edged.catalog_schema import ModelEntry
 from edged.engine import Engine
 from edged.imaging import prob_to_mask, resize_float
+from edged.models.schema import ModelEntry
 from edged.tasks.base import TaskRequest
 from edged.tasks.seg_common import (
     Image,

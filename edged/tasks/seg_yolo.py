@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edged.catalog_schema import ModelEntry
 from edged.engine import Engine
 from edged.errors import BadRequest, ModelLoadError
 from edged.imaging import Letterbox, letterbox
+from edged.models.schema import ModelEntry
 from edged.tasks.base import TaskRequest
 from edged.tasks.seg_common import Image, SegOutput, Timer, fixed_hw, input_spec
 

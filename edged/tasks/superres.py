@@ -32,15 +32,15 @@ import cv2
 import numpy as np
 
 from edged import imaging
-from edged.catalog_schema import ModelEntry
 from edged.errors import BadRequest, ConfigError
+from edged.models.schema import ModelEntry
 from edged.runtime.base import Session, TensorSpec
 from edged.tasks import tiling
 from edged.tasks.base import Image, ProgressFn, TaskRequest, TaskResult
 
 if TYPE_CHECKING:
     from edged.engine import Engine
-    from edged.loader import LoadedModel
+    from edged.models.loader import LoadedModel
 
 FAMILIES = ("sr-y", "sr-rgb")
 DEFAULT_HALO = {"sr-y": 16, "sr-rgb": 20}

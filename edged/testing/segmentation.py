@@ -152,8 +152,8 @@ def make_yolo_seg_model(
 
 def write_manifest(catalog_dir: Path, entry: dict[str, Any]) -> Path:
     """Write a catalogue manifest (TOML) from a plain dict: for generated test models."""
-    from edged.catalog import dump_entry
-    from edged.catalog_schema import ModelEntry
+    from edged.models.catalog import dump_entry
+    from edged.models.schema import ModelEntry
 
     catalog_dir.mkdir(parents=True, exist_ok=True)
     path = catalog_dir / f"{entry['name']}.toml"

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edged.graph_split import Manifest, read_parts
+from edged.graph.split import Manifest, read_parts
 from edged.runtime.base import Array, Feeds, Session, TensorSpec
 
 if TYPE_CHECKING:

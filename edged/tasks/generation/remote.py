@@ -39,8 +39,8 @@ def request_embeddings(
     """One ``text_encode`` round trip; raises SourceError naming the endpoint on failure."""
     import zmq
 
-    from edged.io.context import get_context
-    from edged.io.protocol import encode_request
+    from edged.wire.context import get_context
+    from edged.wire.protocol import encode_request
 
     endpoint = endpoint_of(url)
     params: dict[str, Any] = {"model_dir": model_dir} if model_dir else {}

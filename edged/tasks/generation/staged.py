@@ -231,8 +231,8 @@ class Residency:
         return session
 
     def _pool_loaded(self, component: str, path: Path) -> Any:
-        from edged.catalog_schema import ModelEntry
-        from edged.loader import LoadedModel
+        from edged.models.loader import LoadedModel
+        from edged.models.schema import ModelEntry
 
         # Components can be paths (decoder=/x/taesdxl_decoder.onnx): keep to the name charset.
         name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{self.root.name}.{component}")

@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edged.catalog import Catalog, check_licence, verify_file
-from edged.catalog_schema import ModelEntry, ModelFile
 from edged.config import Settings
 from edged.errors import BackendUnavailable, ModelLoadError, ModelNotFound, ModelVerificationError
 from edged.log import get_logger
-from edged.precision_gate import precision_allowed
+from edged.models.catalog import Catalog, check_licence, verify_file
+from edged.models.schema import ModelEntry, ModelFile
+from edged.quantization.speed_gate import precision_allowed
 from edged.runtime import config_for, open_session
 from edged.runtime.base import FORMAT_OF_RUNTIME, Session, split_backend
 

@@ -1,7 +1,7 @@
 """A quantized variant's accuracy gate, registration in the catalogue, and refusal.
 
 Shared by the two ways edged makes variants of a catalogue model: onnxruntime QDQ
-(``edged.quantize_vision``) and NNCF OpenVINO IR (``edged.quantize_openvino``).
+(``edged.quantization.vision``) and NNCF OpenVINO IR (``edged.quantization.openvino_quantizer``).
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged.calibration import CalibrationSet, load_images
-from edged.catalog import Catalog
-from edged.catalog_add import write_user_manifest
-from edged.catalog_schema import ModelEntry, ModelFile
 from edged.config import Settings
 from edged.errors import BadRequest, ModelNotFound, ModelVerificationError
 from edged.log import get_logger
-from edged.quantgate import DEFAULTS, GateResult, Thresholds, gate_for
+from edged.models.add import write_user_manifest
+from edged.models.catalog import Catalog
+from edged.models.schema import ModelEntry, ModelFile
+from edged.quantization.accuracy_gate import DEFAULTS, GateResult, Thresholds, gate_for
+from edged.quantization.calibration import CalibrationSet, load_images
 from edged.runtime.base import Session
 
 log = get_logger("quantize")

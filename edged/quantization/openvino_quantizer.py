@@ -1,12 +1,12 @@
 """int8 for models onnxruntime cannot quantize: OpenVINO IR made by NNCF.
 
 The shared segmentation models are TFLite files only, and edged has no TensorFlow converter,
-so ``edged.quantize_vision``'s onnxruntime QDQ path cannot reach them. OpenVINO reads TFLite
+so ``edged.quantization.vision``'s onnxruntime QDQ path cannot reach them. OpenVINO reads TFLite
 (and ONNX) directly, and NNCF's post-training quantization turns that model into an int8
 OpenVINO model (FakeQuantize on weights and activations, statistics from the calibration
 feeds, fast bias correction). The result is saved as an IR *directory* (``model.xml`` +
 ``model.bin``): one catalogue file of format ``openvino`` whose sha256 covers both halves
-(``edged.catalog.dir_sha256``), loaded by the ``openvino`` runtime only.
+(``edged.models.catalog.dir_sha256``), loaded by the ``openvino`` runtime only.
 
 No layer-exclusion search here (NNCF decides the quantized ops); the accuracy gate judges the
 result exactly as for ONNX variants, against the fp32 file run on OpenVINO too.
@@ -23,23 +23,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edged.calibration import CalibrationSet, load_images, model_feeds, supports
-from edged.catalog import Catalog, dir_sha256
-from edged.catalog_schema import ModelEntry, ModelFile
 from edged.config import Settings
 from edged.errors import BackendUnavailable, BadRequest, ModelLoadError, ModelNotFound
 from edged.log import get_logger
-from edged.quantgate import Thresholds, thresholds_from
-from edged.quantize import quiet_quantizer
-from edged.runtime.base import FORMAT_OF_RUNTIME, Array, Session
-from edged.runtime.openvino import IR_XML
-from edged.variants import (
+from edged.models.catalog import Catalog, dir_sha256
+from edged.models.schema import ModelEntry, ModelFile
+from edged.quantization.accuracy_gate import Thresholds, thresholds_from
+from edged.quantization.calibration import CalibrationSet, load_images, model_feeds, supports
+from edged.quantization.onnx_quantizer import quiet_quantizer
+from edged.quantization.variants import (
     VisionQuantResult,
     evaluate_gate,
     refusal,
     register_variant,
     search_path_note,
 )
+from edged.runtime.base import FORMAT_OF_RUNTIME, Array, Session
+from edged.runtime.openvino import IR_XML
 
 log = get_logger("quantize")
 SOURCE_FORMATS = tuple(f for f in FORMAT_OF_RUNTIME["openvino"] if f != "openvino")
@@ -110,7 +110,7 @@ def quantize_catalog_openvino(
     """``edged models quantize NAME --format openvino --calibration DIR``: NNCF int8 IR of
     NAME's fp32 file, gated on the held-out split against fp32 on OpenVINO, registered as an
     ``openvino`` int8 file of NAME. Raises ``GateFailed`` with the numbers when refused."""
-    from edged.fetch import pick_model_dir
+    from edged.models.fetch import pick_model_dir
 
     if calibration is None:
         raise BadRequest("--format openvino calibrates on real images: add --calibration DIR")

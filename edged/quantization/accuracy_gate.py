@@ -13,7 +13,7 @@ The limits are the ``[quantization]`` settings (``thresholds_from``); CLI flags 
 The result is a plain dict stored on ``ModelFile.gate`` (see ``record_gate``), so
 ``edged models list`` shows it and the loader can read it.
 
-Speed gate and the load-time decision live in ``edged.precision_gate``.
+Speed gate and the load-time decision live in ``edged.quantization.speed_gate``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edged.catalog_schema import ModelEntry
 from edged.config import Settings
+from edged.models.schema import ModelEntry
 from edged.runtime.base import Session
 
 
@@ -125,7 +125,7 @@ def sr_gate(
     crop: int | None = None,
 ) -> GateResult:
     """Mean Y-PSNR over ``images`` (HR, RGB) of fp32, variant and bicubic; see module doc."""
-    from edged.calibration import sr_pair
+    from edged.quantization.calibration import sr_pair
 
     scale = int(entry.params.get("scale", 1))
     sums = {"fp32_db": 0.0, "quant_db": 0.0, "bicubic_db": 0.0}
@@ -160,7 +160,7 @@ def sr_gate(
 
 
 def _sr_y(entry: ModelEntry, session: Session, lr: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
-    from edged.calibration import sr_upscale_y
+    from edged.quantization.calibration import sr_upscale_y
 
     out = sr_upscale_y(entry, session, lr)
     if entry.family == "sr-y":
@@ -177,7 +177,7 @@ def seg_gate(
     thresholds: Thresholds = DEFAULTS,
 ) -> GateResult:
     """Mean IoU of the variant's mask with the fp32 mask (at model resolution)."""
-    from edged.calibration import seg_feed
+    from edged.quantization.calibration import seg_feed
 
     total = 0.0
     for image in images:
@@ -243,7 +243,7 @@ def inpaint_gate(
     holes: Sequence[npt.NDArray[np.bool_]],
 ) -> GateResult:
     """In-hole PSNR of the variant's and fp32's fills against the original images."""
-    from edged.calibration import inpaint_fill
+    from edged.quantization.calibration import inpaint_fill
 
     reference = [np.asarray(i, np.float64) for i in images]
     pairs = list(zip(images, holes, strict=True))
@@ -257,7 +257,7 @@ GateFn = Callable[..., GateResult]
 
 def gate_for(entry: ModelEntry) -> GateFn | None:
     """The gate of the entry's task, or None when there is none for its family."""
-    from edged.calibration import INPAINT_FAMILIES, SEG_FAMILIES, SR_FAMILIES
+    from edged.quantization.calibration import INPAINT_FAMILIES, SEG_FAMILIES, SR_FAMILIES
 
     if entry.family in INPAINT_FAMILIES:
         return inpaint_gate

@@ -2,7 +2,7 @@
 
 ``edged bench quantization`` times fp32 against int8 per (board, model, backend) and writes
 the winner to ``{state_dir}/quantization.json`` (``record_speed``); ``precision_allowed``
-combines it with the accuracy gate stored on each catalogue file (``edged.quantgate``).
+combines it with the accuracy gate stored on each catalogue file (``edged.quantization.accuracy_gate``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edged.catalog_schema import ModelEntry, ModelFile
 from edged.config import Settings
 from edged.log import get_logger
+from edged.models.schema import ModelEntry, ModelFile
 from edged.runtime.base import split_backend
 
 log = get_logger("precision_gate")

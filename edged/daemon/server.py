@@ -27,8 +27,10 @@ import zmq
 from edged import __version__
 from edged.config import Settings
 from edged.errors import Busy, EdgedError
-from edged.io.context import get_context
-from edged.io.protocol import (
+from edged.log import get_logger
+from edged.tasks.base import TaskResult
+from edged.wire.context import get_context
+from edged.wire.protocol import (
     BUILTIN_TASKS,
     PROTOCOL_VERSION,
     Reply,
@@ -37,9 +39,7 @@ from edged.io.protocol import (
     peek,
     peek_id,
 )
-from edged.io.security import SecureBinding
-from edged.log import get_logger
-from edged.tasks.base import TaskResult
+from edged.wire.security import SecureBinding
 
 log = get_logger("zmq.server")
 

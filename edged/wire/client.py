@@ -30,11 +30,11 @@ from edged.errors import (
     ServerUnavailable,
     TooLarge,
 )
-from edged.io.context import get_context
-from edged.io.payloads import JPEG_SOI, PNG_SIGNATURE, Encoding, decode_any, encode_array
-from edged.io.protocol import encode_request, loads_object
-from edged.io.security import configure_client_socket
 from edged.log import get_logger
+from edged.wire.context import get_context
+from edged.wire.payloads import JPEG_SOI, PNG_SIGNATURE, Encoding, decode_any, encode_array
+from edged.wire.protocol import encode_request, loads_object
+from edged.wire.security import configure_client_socket
 
 log = get_logger("client")
 

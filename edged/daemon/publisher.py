@@ -17,12 +17,12 @@ import zmq
 
 from edged.config import Settings
 from edged.errors import BadRequest
-from edged.io.context import get_context
-from edged.io.payloads import Encoding
-from edged.io.protocol import PROTOCOL_VERSION, dumps, encode_result_message
-from edged.io.security import SecureBinding
 from edged.log import get_logger
 from edged.tasks.base import TaskResult
+from edged.wire.context import get_context
+from edged.wire.payloads import Encoding
+from edged.wire.protocol import PROTOCOL_VERSION, dumps, encode_result_message
+from edged.wire.security import SecureBinding
 
 log = get_logger("zmq.publisher")
 

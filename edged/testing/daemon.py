@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from edged.client import Message, Subscriber
-from edged.io.sources import Frame
+from edged.daemon.sources import Frame
+from edged.wire.client import Message, Subscriber
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 

@@ -4,13 +4,13 @@
 
 1. resolve NAME's fp32 ONNX file through the catalogue;
 2. calibration feeds = the calibration split of DIR through the model's own task
-   preprocessing (``edged.calibration``);
+   preprocessing (``edged.quantization.calibration``);
 3. static QDQ: uint8 activations, per-channel int8 weights, compute ops (Conv, ConvTranspose,
    MatMul, Gemm) quantized -- then *layer exclusion*: each candidate layer is kept fp32 in
    turn, the fidelity (PSNR of the variant's output against fp32's on the calibration feeds)
    is measured, and the exclusions that help most are kept greedily while they still gain
    ``MIN_GAIN_DB``;
-4. the accuracy gate (``edged.quantgate``, limits from ``[quantization]``) on the held-out split;
+4. the accuracy gate (``edged.quantization.accuracy_gate``, limits from ``[quantization]``) on the held-out split;
 5. a passing variant is written next to the model files (first writable model dir) and added
    to NAME's catalogue entry as a user manifest (sha256, scheme, calibration hash, gate);
    a failing one is deleted and refused with the numbers (``--keep-failed`` keeps it).
@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from edged.calibration import (
+from edged.config import Settings
+from edged.errors import BadRequest, ModelLoadError, ModelNotFound
+from edged.log import get_logger
+from edged.models.catalog import Catalog, file_sha256
+from edged.models.schema import ModelEntry, ModelFile, Precision
+from edged.quantization.accuracy_gate import Thresholds, psnr, thresholds_from
+from edged.quantization.calibration import (
     DEFAULT_CROP,
     CalibrationReader,
     CalibrationSet,
@@ -34,15 +40,7 @@ from edged.calibration import (
     model_feeds,
     supports,
 )
-from edged.catalog import Catalog, file_sha256
-from edged.catalog_schema import ModelEntry, ModelFile, Precision
-from edged.config import Settings
-from edged.errors import BadRequest, ModelLoadError, ModelNotFound
-from edged.log import get_logger
-from edged.quantgate import Thresholds, psnr, thresholds_from
-from edged.runtime import config_for, open_session
-from edged.runtime.base import Array, Session
-from edged.variants import (
+from edged.quantization.variants import (
     GateFailed,
     VisionQuantResult,
     evaluate_gate,
@@ -51,6 +49,8 @@ from edged.variants import (
     register_variant,
     search_path_note,
 )
+from edged.runtime import config_for, open_session
+from edged.runtime.base import Array, Session
 
 log = get_logger("quantize")
 
@@ -113,7 +113,7 @@ def quantize_qdq(
     src: Path, dst: Path, feeds: Sequence[dict[str, Array]], exclude: Sequence[str] = ()
 ) -> None:
     """Static QDQ, per-channel int8 weights, uint8 activations, compute ops only."""
-    from edged.quantize import _quant_modules, quiet_quantizer
+    from edged.quantization.onnx_quantizer import _quant_modules, quiet_quantizer
 
     q = _quant_modules()
     with tempfile.TemporaryDirectory(prefix="edged-calib-") as tmp, quiet_quantizer():
@@ -237,8 +237,8 @@ def quantize_catalog_model(
     """See the module doc. Raises ``GateFailed`` (with the numbers) when the gate fails.
 
     ``thresholds`` default to ``settings``' ``[quantization]`` limits."""
-    from edged.fetch import pick_model_dir
-    from edged.quantize import SCHEMES
+    from edged.models.fetch import pick_model_dir
+    from edged.quantization.onnx_quantizer import SCHEMES
 
     if scheme not in SCHEMES:
         raise BadRequest(f"unknown scheme {scheme!r}; one of {', '.join(SCHEMES)}")
@@ -300,8 +300,8 @@ def _produce(
     entry: ModelEntry, result: VisionQuantResult, out: Path, calib: CalibrationSet | None
 ) -> None:
     """Quantize ``result.src`` to ``out``: calibrated QDQ with layer exclusion, or the plain
-    ``edged.quantize`` schemes."""
-    from edged.quantize import quantize_file
+    ``edged.quantization.onnx_quantizer`` schemes."""
+    from edged.quantization.onnx_quantizer import quantize_file
 
     try:
         if result.scheme == "qdq-int8" and calib is not None:

@@ -21,14 +21,14 @@ from types import FrameType
 from typing import Any
 
 from edged.config import Settings, StreamSettings, load_settings
+from edged.daemon.scheduler import REQUESTS, Job, Scheduler
+from edged.daemon.sdnotify import Notifier
+from edged.daemon.streams import StreamRunner
 from edged.engine import Engine, LoadedModel, replica
 from edged.errors import EdgedError
-from edged.io.context import flush_and_term
 from edged.log import get_logger
-from edged.scheduler import REQUESTS, Job, Scheduler
-from edged.sdnotify import Notifier
-from edged.streams import StreamRunner
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+from edged.wire.context import flush_and_term
 
 log = get_logger("service")
 
@@ -83,9 +83,9 @@ class Service:
         self._reload.set()
 
     def start(self) -> None:
-        from edged.io.publisher import Publisher
-        from edged.io.server import RequestServer
-        from edged.pool import ModelPool
+        from edged.daemon.publisher import Publisher
+        from edged.daemon.server import RequestServer
+        from edged.pool.model_pool import ModelPool
         from edged.profiles import choose
 
         svc = self.settings.service
@@ -260,8 +260,8 @@ class Service:
 
     def _handle_request(self, request: Any) -> Future[Any]:
         """RequestServer handler: queue the job, resolve to a ``Reply`` (never raises)."""
-        from edged.io.confine import confine_paths
-        from edged.io.protocol import Reply
+        from edged.daemon.confine import confine_paths
+        from edged.wire.protocol import Reply
 
         assert self.scheduler is not None
         reply: Future[Any] = Future()

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from edged.errors import FetchError
-from edged.fetch_http import Progress, RangeFile, download, get_json
 from edged.log import get_logger
+from edged.models.http import Progress, RangeFile, download, get_json
 
 log = get_logger(__name__)
 

@@ -2,7 +2,7 @@
 
 A frame becomes a ``Job``; when the job ends its result is published (``{stream}.{task}``),
 and a source that owns its input (the inbox) is told whether to complete, fail or take the
-input back. With ``parallel > 1`` jobs of the stream end out of order; ``edged.ordering``
+input back. With ``parallel > 1`` jobs of the stream end out of order; ``edged.daemon.ordering``
 settles them in capture order all the same. Source state changes become ``events.stream``
 events.
 """
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from edged.config import ServiceSettings, StreamSettings, ZmqSettings
+from edged.daemon.inbox import InboxSource
+from edged.daemon.ordering import InOrder
+from edged.daemon.scheduler import Job, Scheduler
+from edged.daemon.sources import CaptureSource, Frame, ImageSource, Source, source_kind
 from edged.errors import Cancelled
-from edged.io.inbox import InboxSource
-from edged.io.sources import CaptureSource, Frame, ImageSource, Source, source_kind
 from edged.log import get_logger
-from edged.ordering import InOrder
-from edged.scheduler import Job, Scheduler
 from edged.tasks.base import TaskRequest, TaskResult
 
 log = get_logger("streams")

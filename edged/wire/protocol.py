@@ -20,9 +20,9 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from edged.config import ZmqSettings
 from edged.errors import BadRequest, EdgedError, TooLarge
-from edged.io.payloads import Encoding, decode_array, decode_image, encode_outputs
 from edged.schema import StrictModel
 from edged.tasks.base import TaskRequest, TaskResult
+from edged.wire.payloads import Encoding, decode_array, decode_image, encode_outputs
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 65_536

@@ -5,7 +5,7 @@ stream never blocks anything else. Live sources (camera, stream) deliver every f
 and the scheduler keeps only the latest (drop oldest); files deliver every frame and wait.
 When a live source dies it is reopened with capped exponential backoff; every state change
 (``up``, ``down``, ``reconnecting``, ``ended``) goes to ``on_state`` (the service publishes it
-as ``events.stream``). The directory inbox lives in ``edged.io.inbox``.
+as ``events.stream``). The directory inbox lives in ``edged.daemon.inbox``.
 """
 
 from __future__ import annotations

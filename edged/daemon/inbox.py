@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from edged.config import ServiceSettings, StreamSettings
+from edged.daemon.sources import Deliver, Frame, StateFn, read_image
 from edged.errors import BadRequest, EdgedError, SourceError, TooLarge
-from edged.io.sources import Deliver, Frame, StateFn, read_image
 from edged.log import get_logger
 from edged.tasks.base import TaskResult
 
@@ -204,7 +204,7 @@ def load_image(path: Path, max_bytes: int, max_pixels: int) -> Any:
     PNG and JPEG headers are checked for their pixel count first (a decompression bomb is
     refused without being inflated); other formats OpenCV reads are size-checked after.
     """
-    from edged.io.payloads import decode_image
+    from edged.wire.payloads import decode_image
 
     size = path.stat().st_size
     if size > max_bytes:

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edged.catalog import Catalog, path_sha256, verify_file
-from edged.catalog_schema import ModelEntry, ModelFile
 from edged.config import Settings
 from edged.errors import FetchError, ModelVerificationError
-from edged.fetch_sources import FetchContext, fetch_source
 from edged.log import get_logger
+from edged.models.catalog import Catalog, path_sha256, verify_file
+from edged.models.schema import ModelEntry, ModelFile
+from edged.models.sources import FetchContext, fetch_source
 
 log = get_logger(__name__)
 

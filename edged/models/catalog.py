@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from edged.catalog_schema import ModelEntry, ModelFile
 from edged.errors import ConfigError, LicenceNotAllowed, ModelNotFound, ModelVerificationError
+from edged.models.schema import ModelEntry, ModelFile
 from edged.schema import validation_problems
 
 if TYPE_CHECKING:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edged.catalog import Catalog, dump_entry, path_sha256, user_catalog_dir
-from edged.catalog_schema import (
+from edged.config import Settings
+from edged.errors import ConfigError, ModelNotFound
+from edged.models.catalog import Catalog, dump_entry, path_sha256, user_catalog_dir
+from edged.models.schema import (
     Format,
     InputSpec,
     ModelEntry,
@@ -26,8 +28,6 @@ from edged.catalog_schema import (
     Precision,
     Task,
 )
-from edged.config import Settings
-from edged.errors import ConfigError, ModelNotFound
 from edged.schema import validation_problems
 
 _FORMATS: dict[str, Format] = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
@@ -75,7 +75,7 @@ def _link_or_copy(src: Path, dest: Path) -> None:
 
 def _place(settings: Settings, catalog: Catalog, path: Path) -> tuple[str, list[str]]:
     """Path of the model relative to a model dir (installing a copy if needed), and sources."""
-    from edged.fetch import pick_model_dir
+    from edged.models.fetch import pick_model_dir
 
     resolved = path.resolve()
     for directory in catalog.search_path:

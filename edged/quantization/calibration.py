@@ -32,9 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edged import imaging
-from edged.catalog import file_sha256
-from edged.catalog_schema import ModelEntry
 from edged.errors import BadRequest
+from edged.models.catalog import file_sha256
+from edged.models.schema import ModelEntry
 from edged.runtime.base import Array, Session
 from edged.runtime.recording import RecordingSession
 

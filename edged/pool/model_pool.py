@@ -37,8 +37,8 @@ from edged.memory import (
     rss_bytes,
     tune_allocator,
 )
+from edged.pool.estimates import ESTIMATES_FILE, Counters, EstimateTable, Slot, slot_stats
 from edged.schema import format_bytes
-from edged.stats import ESTIMATES_FILE, Counters, EstimateTable, Slot, slot_stats
 
 T = TypeVar("T")
 log = get_logger(__name__)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from edged.errors import BackendUnavailable, BadRequest, ModelLoadError, ModelNotFound
-from edged.fuse_attention import fuse_unet_attention
+from edged.graph.fuse_attention import fuse_unet_attention
 
 SCHEMES = ("dynamic-int8", "qdq-int8", "int4-weights")
 # ONNX protobufs stop at 2 GB: above this, tensors go to a side file (model.onnx.data).
@@ -289,7 +289,7 @@ def quantize_model_dir(
     """A diffusers-layout dir: quantize ``components``; link the others unchanged.
 
     ``fuse_attention`` first rewrites the UNet's attention to onnxruntime's flash-attention
-    ``MultiHeadAttention`` (edged/fuse_attention.py: lower peak memory, ~4x faster steps).
+    ``MultiHeadAttention`` (edged/graph/fuse_attention.py: lower peak memory, ~4x faster steps).
 
     The report is the UNet's (or the first component's); each quantized component gets a
     ``QUANTIZED`` marker naming the scheme.

@@ -1,0 +1,1 @@
+"""ONNX graph rewrites for generation: fused attention, and a UNet cut into parts."""
