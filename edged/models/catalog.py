@@ -30,18 +30,21 @@ if TYPE_CHECKING:
     from edged.config import Settings
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]
+"""The ``edged`` package directory (this module lives in ``edged/models/``)."""
+
+
 def package_data_models_dir() -> Path:
     """``edged/data/models``: the project's own model files (and their manifests)."""
-    return Path(__file__).resolve().parent / "data" / "models"
+    return _PACKAGE / "data" / "models"
 
 
 def shipped_catalog_dir() -> Path:
     """``models/`` beside the package (source checkout or installed data)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "models", here / "data" / "models"):
+    for candidate in (_PACKAGE.parent / "models", _PACKAGE / "data" / "models"):
         if candidate.is_dir():
             return candidate
-    return here.parent / "models"
+    return _PACKAGE.parent / "models"
 
 
 def shipped_catalog_dirs() -> list[Path]:
