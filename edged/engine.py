@@ -90,6 +90,7 @@ class Engine:
             precision=self.profile.profile.precision,
             cache_dir=self.settings.cache_dir,
             settings=self.settings,
+            runtime_options=self.profile.profile.runtime_options,
         )
 
     @contextmanager
@@ -113,6 +114,16 @@ class Engine:
             pinned=model in self.settings.pinned_models,
         ) as loaded:
             yield loaded
+
+    @contextmanager
+    def reserve(self, what: str, nbytes: int) -> Iterator[int]:
+        """Reserve a job's working memory in the model budget for the block (see ModelPool.reserve)."""
+        with self.pool.reserve(what, nbytes) as held:
+            yield held
+
+    def job_room(self) -> tuple[int, int]:
+        """(bytes a job could reserve now, bytes it could ever get): tile sizes come from these."""
+        return self.pool.job_room()
 
     def _size_hint(self, entry: ModelEntry) -> int | None:
         """Largest local file of the model: the pool's guess until it has measured it."""

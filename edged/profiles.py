@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from edged.config import Settings
-from edged.errors import ConfigError
+from edged.errors import BackendUnavailable, ConfigError
 from edged.hardware import Hardware, RuntimeDevices, probe, probe_runtimes
-from edged.runtime.base import split_backend
+from edged.runtime import backend_spec, split_backend
 from edged.schema import ByteSize, StrictModel, validation_problems
 
 DEFAULT_BUDGET = 1_500_000_000
@@ -90,8 +90,27 @@ class Profile(StrictModel):
     models: dict[str, str] = Field(default_factory=dict, description="Preferred model per task.")
     pinned_models: list[str] = Field(default_factory=list, description="Always resident.")
     runtime_options: dict[str, dict[str, str]] = Field(
-        default_factory=dict, description="Per-backend options, e.g. onnx:qnn backend_path."
+        default_factory=dict,
+        description=(
+            "Per-backend options passed to the runtime as they are: onnx:* execution-provider "
+            "options (onnx:qnn htp_performance_mode), openvino:* compile properties."
+        ),
     )
+
+    @field_validator("runtime_options")
+    @classmethod
+    def _options_reach_a_backend(
+        cls, value: dict[str, dict[str, str]]
+    ) -> dict[str, dict[str, str]]:
+        # Checked here so a typo'd backend or a runtime without options fails at load, not never.
+        for backend, options in value.items():
+            try:
+                spec, _ = backend_spec(backend)
+            except BackendUnavailable as exc:
+                raise ValueError(str(exc)) from exc
+            if options and spec.options_field is None:
+                raise ValueError(f"{backend}: this runtime takes no runtime_options")
+        return value
 
     def chain(self, task: str) -> list[str]:
         return list(self.backends.get(task) or self.backends.get("default") or ["onnx:cpu"])

@@ -13,7 +13,9 @@ from edged.config import load_settings
 from edged.errors import ConfigError
 from edged.hardware import RuntimeDevices, probe
 from edged.profiles import load_profiles, select_profile
-from edged.testing import BOARD_KINDS, make_board, make_cgroup_tree
+from edged.runtime import config_for
+from edged.runtime.onnx import plan_session
+from edged.testing import BOARD_KINDS, make_board, make_cgroup_tree, make_scale_model
 
 KNOWN = [k for k in BOARD_KINDS if k != "unknown-riscv"]
 
@@ -124,6 +126,41 @@ def test_unavailable_backends_are_named_in_reasons(tmp_path: Path) -> None:
     choice = select_profile(hw, load_profiles(), runtimes=runtimes)
     assert choice.backends("superres")[0] == "onnx:qnn"
     assert any(r.startswith("onnx:qnn is not available") for r in choice.reasons)
+
+
+def test_qcs_profile_htp_mode_reaches_the_qnn_provider_options(tmp_path: Path) -> None:
+    """profiles/qualcomm-qcs.toml says htp_performance_mode = "burst": the QNN EP gets it
+    (planned, not run: there is no NPU here), and the other derived options stay."""
+    choice = select_profile(probe(make_board(tmp_path, "qualcomm-qcs")), load_profiles())
+    assert choice.profile.name == "qualcomm-qcs"
+    backend = choice.backends("superres")[0]
+    assert backend == "onnx:qnn"
+    config = config_for(
+        backend,
+        precision="fp16",
+        options=choice.profile.runtime_options.get(backend),  # what the loader passes
+    )
+    plan = plan_session(make_scale_model(tmp_path / "m.onnx"), config, None)
+    [(provider, options), _cpu] = plan.providers
+    assert provider == "QNNExecutionProvider"
+    assert options["htp_performance_mode"] == "burst"
+    assert options["backend_path"] == "libQnnHtp.so"
+    assert options["enable_htp_fp16_precision"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ('[runtime_options."tensorrt:gpu"]\nx = "1"', "unknown backend 'tensorrt:gpu'"),
+        ('[runtime_options."litert:xnnpack"]\nx = "1"', "litert:xnnpack: this runtime takes no"),
+    ],
+)
+def test_runtime_options_for_no_backend_are_a_config_error(
+    tmp_path: Path, options: str, problem: str
+) -> None:
+    _write_profile(tmp_path, "odd", f'[backends]\ndefault = ["onnx:cpu"]\n{options}')
+    with pytest.raises(ConfigError, match=problem):
+        load_profiles([tmp_path])
 
 
 def _edged_profile(*args: str) -> subprocess.CompletedProcess[str]:

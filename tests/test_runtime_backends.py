@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from edged import runtime
+from edged.config import load_settings
+from edged.engine import Engine
 from edged.errors import BackendUnavailable, BadRequest, ConfigError, ModelLoadError
 from edged.runtime import config_for, open_session
 from edged.runtime.onnx import PROVIDERS
@@ -256,3 +260,56 @@ def test_missing_runtime_package_names_the_install(tmp_path: Path) -> None:
     lines = dict(line.split(" | ", 1) for line in out.splitlines() if " | " in line)
     assert "pip install ai-edge-litert" in lines["litert:xnnpack"]
     assert "pip install openvino" in lines["openvino:cpu"]
+
+
+def test_registry_is_built_from_each_backends_own_description() -> None:
+    from edged.runtime import litert, onnx, openvino
+
+    modules = (onnx, litert, openvino)
+    assert list(runtime.REGISTRY) == [m.BACKEND.kind for m in modules]
+    # The type-checking union names exactly the registered config classes.
+    assert set(typing.get_args(runtime.RuntimeConfig)) == {m.BACKEND.config for m in modules}
+    for module in modules:
+        spec = module.BACKEND
+        assert runtime.BACKENDS[spec.kind] == spec.variants
+        assert runtime.FORMAT_OF_RUNTIME[spec.kind] == spec.formats
+        for variant in spec.variants:
+            config = config_for(f"{spec.kind}:{variant}")
+            assert type(config) is spec.config
+            assert config.kind == spec.kind
+        # A bare runtime name means its first (default) variant.
+        assert runtime.split_backend(spec.kind) == (spec.kind, spec.variants[0])
+
+
+def test_runtime_options_land_in_the_backends_option_field() -> None:
+    onnx = config_for("onnx:qnn", options={"htp_performance_mode": "burst"})
+    assert onnx.provider_options == {"htp_performance_mode": "burst"}  # type: ignore[union-attr]
+    ov = config_for("openvino:cpu", options={"PERFORMANCE_HINT": "THROUGHPUT"})
+    assert ov.properties == {"PERFORMANCE_HINT": "THROUGHPUT"}  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="litert:xnnpack: this runtime takes no runtime_options"):
+        config_for("litert:xnnpack", options={"x": "1"})
+
+
+def test_profile_runtime_options_reach_a_real_session(tmp_path: Path, shared_models: Path) -> None:
+    """Engine -> loader -> config -> OpenVINO: the profile's compile property is in effect."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "tuned.toml").write_text(
+        'name = "tuned"\n[backends]\ndefault = ["openvino:cpu"]\n'
+        '[runtime_options."openvino:cpu"]\nPERFORMANCE_HINT = "THROUGHPUT"\n'
+    )
+    settings = load_settings(
+        overrides={
+            "model_dirs": [str(shared_models)],
+            "profile_dirs": [str(profiles)],
+            "profile": "tuned",
+        }
+    )
+    engine = Engine(settings)
+    try:
+        with engine.acquire("espcn_x2") as loaded:
+            assert loaded.backend == "openvino:cpu"
+            compiled = loaded.session._compiled  # type: ignore[attr-defined]
+            assert str(compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
+    finally:
+        engine.close()

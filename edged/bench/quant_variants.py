@@ -18,7 +18,8 @@ from edged.models.catalog import Catalog, file_sha256
 from edged.models.schema import ModelEntry, ModelFile
 from edged.quantization.accuracy_gate import GateResult
 from edged.quantization.calibration import CalibrationSet, load_images
-from edged.runtime.base import FORMAT_OF_RUNTIME, one_line
+from edged.runtime import FORMAT_OF_RUNTIME
+from edged.runtime.base import one_line
 
 
 @dataclass

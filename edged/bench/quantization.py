@@ -47,8 +47,8 @@ from edged.quantization.calibration import (
     sr_upscale_y,
 )
 from edged.quantization.speed_gate import board_key, record_speed, update_records
-from edged.runtime import config_for, open_session
-from edged.runtime.base import FORMAT_OF_RUNTIME, Session, one_line, split_backend
+from edged.runtime import FORMAT_OF_RUNTIME, config_for, open_session, split_backend
+from edged.runtime.base import Session, one_line
 
 BACKENDS = ("onnx:cpu", "litert:xnnpack", "openvino:cpu")
 WIN_MARGIN = 0.05

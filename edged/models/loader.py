@@ -14,6 +14,7 @@ fail their checksum; otherwise ``ModelLoadError`` listing every backend's reason
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from edged.log import get_logger
 from edged.models.catalog import Catalog, check_licence, verify_file
 from edged.models.schema import ModelEntry, ModelFile
 from edged.quantization.speed_gate import precision_allowed
-from edged.runtime import config_for, open_session
-from edged.runtime.base import FORMAT_OF_RUNTIME, Session, split_backend
+from edged.runtime import FORMAT_OF_RUNTIME, config_for, open_session, split_backend
+from edged.runtime.base import Session
 
 log = get_logger("loader")
 
@@ -72,6 +73,7 @@ class _Attempt:
     cache_dir: Path
     settings: Settings
     warmup: bool
+    runtime_options: Mapping[str, Mapping[str, str]]
     reasons: list[str] = field(default_factory=list)
     bad_files: set[str] = field(default_factory=set)
     verification_failed: bool = False
@@ -122,7 +124,10 @@ class _Attempt:
             if self.settings.verify_models:
                 verify_file(file, path, model=self.entry.name)
             config = config_for(
-                backend, threads=self.threads, precision=_runtime_precision(self.precision, file)
+                backend,
+                threads=self.threads,
+                precision=_runtime_precision(self.precision, file),
+                options=self.runtime_options.get(backend),
             )
             session = open_session(
                 config,
@@ -181,11 +186,22 @@ def load_model(
     cache_dir: Path,
     settings: Settings,
     warmup: bool = True,
+    runtime_options: Mapping[str, Mapping[str, str]] | None = None,
 ) -> LoadedModel:
-    """Load ``entry`` with the first backend of ``chain`` that can; see the module doc."""
+    """Load ``entry`` with the first backend of ``chain`` that can; see the module doc.
+
+    ``runtime_options`` (the profile's, backend -> options) go into that backend's config.
+    """
     check_licence(entry, settings.allowed_licences)
     attempt = _Attempt(
-        entry, _installed(entry, catalog), threads, precision, cache_dir, settings, warmup
+        entry,
+        _installed(entry, catalog),
+        threads,
+        precision,
+        cache_dir,
+        settings,
+        warmup,
+        runtime_options or {},
     )
     for backend in chain:
         loaded = attempt.try_backend(backend)

@@ -38,7 +38,8 @@ from edged.quantization.variants import (
     register_variant,
     search_path_note,
 )
-from edged.runtime.base import FORMAT_OF_RUNTIME, Array, Session
+from edged.runtime import FORMAT_OF_RUNTIME
+from edged.runtime.base import Array, Session
 from edged.runtime.openvino import IR_XML
 
 log = get_logger("quantize")

@@ -19,7 +19,7 @@ from typing import Any
 from edged.config import Settings
 from edged.log import get_logger
 from edged.models.schema import ModelEntry, ModelFile
-from edged.runtime.base import split_backend
+from edged.runtime import split_backend
 
 log = get_logger("precision_gate")
 
@@ -123,7 +123,7 @@ def precision_allowed(
     the faster one for (board, model, backend); otherwise fp32 is requested and the reason
     says which gate is missing or failed.
     """
-    from edged.runtime.base import FORMAT_OF_RUNTIME
+    from edged.runtime import FORMAT_OF_RUNTIME
 
     runtime, _ = split_backend(backend)
     formats = FORMAT_OF_RUNTIME.get(runtime, ())

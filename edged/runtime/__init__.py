@@ -1,100 +1,91 @@
-"""Runtime backends, one file each, registered in an explicit table.
+"""Runtime backends, one file each, registered from the description each gives of itself.
 
-``config_for(backend, ...)`` turns a backend name (``onnx:cpu``, ``litert:xnnpack``,
-``openvino:cpu``) into that runtime's validated config; ``open_session(config, path, ...)``
-is the one factory. Optional runtimes are imported only when a config of their kind is
+Each backend module ends with ``BACKEND = BackendSpec(...)`` (kind, variants, formats, config
+class, opener, where profile options go); ``REGISTRY`` lists those descriptions and every
+table here is derived from it. ``config_for(backend, ...)`` turns a backend name
+(``onnx:cpu``, ``litert:xnnpack``, ``openvino:cpu``) into that runtime's validated config;
+``open_session(config, path, ...)`` is the one factory. Optional runtimes are imported only when a config of their kind is
 opened, so importing this package costs nothing.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from edged.errors import BackendUnavailable, ConfigError, ModelLoadError
 from edged.log import get_logger
-from edged.runtime.base import (
-    FORMAT_OF_RUNTIME,
-    Session,
-    TensorSpec,
-    one_line,
-    split_backend,
-    warmup_feeds,
-)
-from edged.runtime.litert import LiteRTConfig, LiteRTSession
-from edged.runtime.onnx import OnnxConfig, OnnxSession
-from edged.runtime.openvino import OpenVINOConfig, OpenVINOSession
+from edged.runtime import litert, onnx, openvino
+from edged.runtime.base import BackendSpec, Session, TensorSpec, one_line, warmup_feeds
+from edged.runtime.litert import LiteRTConfig
+from edged.runtime.onnx import OnnxConfig
+from edged.runtime.openvino import OpenVINOConfig
 
-RuntimeConfig = Annotated[OnnxConfig | LiteRTConfig | OpenVINOConfig, Field(discriminator="kind")]
-"""Any backend's config; ``kind`` selects the class (``{"kind": "onnx", "provider": "qnn"}``)."""
-
-RUNTIME_CONFIG: TypeAdapter[OnnxConfig | LiteRTConfig | OpenVINOConfig] = TypeAdapter(RuntimeConfig)
 log = get_logger("runtime")
 
-BACKENDS: dict[str, tuple[str, ...]] = {
-    "onnx": ("cpu", "qnn", "openvino", "cuda"),
-    "litert": ("xnnpack", "cpu"),
-    "openvino": ("cpu", "gpu", "npu"),
+REGISTRY: dict[str, BackendSpec] = {
+    spec.kind: spec for spec in (onnx.BACKEND, litert.BACKEND, openvino.BACKEND)
 }
+"""Runtime name -> its description; adding a backend = one module + one entry here."""
+
+RuntimeConfig = OnnxConfig | LiteRTConfig | OpenVINOConfig
+"""Any backend's config, for type checking (the registry's ``config`` classes; a test keeps
+the two in step)."""
+
+BACKENDS: dict[str, tuple[str, ...]] = {kind: s.variants for kind, s in REGISTRY.items()}
 """Every backend name edged knows, runtime -> variants."""
 
-
-def _onnx(variant: str, threads: int | None, precision: str | None) -> dict[str, Any]:
-    return {"kind": "onnx", "provider": variant, "threads": threads, "precision": precision}
-
-
-def _litert(variant: str, threads: int | None, precision: str | None) -> dict[str, Any]:
-    return {"kind": "litert", "delegate": variant, "threads": threads}
+FORMAT_OF_RUNTIME: dict[str, tuple[str, ...]] = {kind: s.formats for kind, s in REGISTRY.items()}
+"""Which catalogue file formats each runtime can read, in order of preference."""
 
 
-def _openvino(variant: str, threads: int | None, precision: str | None) -> dict[str, Any]:
-    return {
-        "kind": "openvino",
-        "device": variant.upper(),
-        "threads": threads,
-        "precision": precision,
-    }
+def split_backend(name: str) -> tuple[str, str]:
+    """``"onnx:qnn"`` -> ``("onnx", "qnn")``; a bare runtime gets its default variant."""
+    runtime, _, variant = name.partition(":")
+    spec = REGISTRY.get(runtime)
+    return runtime, variant or (spec.variants[0] if spec else "")
 
 
-_CONFIG_BUILDERS: dict[str, Callable[[str, int | None, str | None], dict[str, Any]]] = {
-    "onnx": _onnx,
-    "litert": _litert,
-    "openvino": _openvino,
-}
+def backend_spec(backend: str) -> tuple[BackendSpec, str]:
+    """``RUNTIME:VARIANT`` -> (that runtime's description, variant); unknown names are
+    ``BackendUnavailable`` naming every known backend (a chain may name other builds')."""
+    runtime, variant = split_backend(backend)
+    spec = REGISTRY.get(runtime)
+    if spec is None or variant not in spec.variants:
+        known = ", ".join(f"{r}:{v}" for r, vs in BACKENDS.items() for v in vs)
+        raise BackendUnavailable(f"unknown backend {backend!r}; known backends: {known}")
+    return spec, variant
 
 
 def config_for(
-    backend: str, *, threads: int | None = None, precision: str | None = None
-) -> OnnxConfig | LiteRTConfig | OpenVINOConfig:
-    """Backend name -> that runtime's config.
+    backend: str,
+    *,
+    threads: int | None = None,
+    precision: str | None = None,
+    options: Mapping[str, str] | None = None,
+) -> RuntimeConfig:
+    """Backend name (+ a profile's ``runtime_options`` for it) -> that runtime's config.
 
-    Unknown names are ``BackendUnavailable`` (a chain may name backends of other builds);
-    bad values (threads < 1, an unknown precision) are ``ConfigError``.
+    Unknown names are ``BackendUnavailable``; bad values (threads < 1, an unknown precision,
+    options for a runtime that takes none) are ``ConfigError``.
     """
-    runtime, variant = split_backend(backend)
-    if variant not in BACKENDS.get(runtime, ()):
-        known = ", ".join(f"{r}:{v}" for r, vs in BACKENDS.items() for v in vs)
-        raise BackendUnavailable(f"unknown backend {backend!r}; known backends: {known}")
+    spec, variant = backend_spec(backend)
+    fields = spec.config_fields(variant, threads, precision)
+    if options:
+        if spec.options_field is None:
+            raise ConfigError(
+                f"{backend}: this runtime takes no runtime_options (got {dict(options)})"
+            )
+        fields[spec.options_field] = dict(options)
     try:
-        return RUNTIME_CONFIG.validate_python(
-            _CONFIG_BUILDERS[runtime](variant, threads, precision)
-        )
+        config: RuntimeConfig = spec.config.model_validate(fields)  # type: ignore[assignment]
     except ValidationError as exc:
         problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{backend}: invalid runtime options: {problems}") from exc
-
-
-_OPENERS: dict[str, Callable[..., Session]] = {
-    "onnx": OnnxSession.load,
-    "litert": LiteRTSession.load,
-    "openvino": OpenVINOSession.load,
-}
-"""config.kind -> ``load(path, config, *, cache_dir, sha256)``; the runtimes themselves are
-imported inside those, on first use."""
+    return config
 
 
 def warm_up(session: Session, size: tuple[int, int] | None = None) -> None:
@@ -115,7 +106,7 @@ def warm_up(session: Session, size: tuple[int, int] | None = None) -> None:
 
 
 def open_session(
-    config: OnnxConfig | LiteRTConfig | OpenVINOConfig,
+    config: RuntimeConfig,
     path: Path,
     *,
     cache_dir: Path | None = None,
@@ -132,7 +123,7 @@ def open_session(
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist")
     start = time.perf_counter()
-    session = _OPENERS[config.kind](path, config, cache_dir=cache_dir, sha256=sha256)
+    session = REGISTRY[config.kind].opener(path, config, cache_dir=cache_dir, sha256=sha256)
     loaded = time.perf_counter()
     if warmup:
         warm_up(session, warmup_size)
@@ -150,13 +141,17 @@ def open_session(
 __all__ = [
     "BACKENDS",
     "FORMAT_OF_RUNTIME",
+    "REGISTRY",
+    "BackendSpec",
     "LiteRTConfig",
     "OnnxConfig",
     "OpenVINOConfig",
     "RuntimeConfig",
     "Session",
     "TensorSpec",
+    "backend_spec",
     "config_for",
     "open_session",
+    "split_backend",
     "warm_up",
 ]

@@ -1,8 +1,7 @@
-"""The runtime interface every backend implements, and the backend naming scheme.
+"""The runtime interface every backend implements and the description each one gives of itself.
 
-A backend is named ``RUNTIME:VARIANT``: ``onnx:cpu``, ``onnx:qnn``, ``onnx:openvino``,
-``onnx:cuda``, ``litert:xnnpack``, ``litert:cpu``, ``openvino:cpu``, ``openvino:gpu``,
-``openvino:npu``. Profiles list these in order; the loader turns one into a runtime config.
+A backend is named ``RUNTIME:VARIANT`` (``onnx:qnn``, ``litert:xnnpack``, ``openvino:cpu``);
+each runtime module states its variants, formats, config and opener in a ``BackendSpec``.
 """
 
 from __future__ import annotations
@@ -11,15 +10,16 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from edged.errors import BadRequest
+from edged.schema import StrictModel
 
 Dim = int | str | None
 """A tensor dimension: a fixed size, a symbolic name (``"height"``) or unknown (None)."""
@@ -65,19 +65,28 @@ class Session(Protocol):
         ...
 
 
-def split_backend(name: str) -> tuple[str, str]:
-    """``"onnx:qnn"`` -> ``("onnx", "qnn")``; a bare runtime gets its default variant."""
-    runtime, _, variant = name.partition(":")
-    defaults = {"onnx": "cpu", "litert": "xnnpack", "openvino": "cpu"}
-    return runtime, variant or defaults.get(runtime, "")
+@dataclass(frozen=True)
+class BackendSpec:
+    """What one runtime backend is, stated once in its own module (``BACKEND = BackendSpec(...)``).
 
+    The registry in ``edged.runtime`` is built from these; nothing else lists backends.
+    """
 
-FORMAT_OF_RUNTIME = {
-    "onnx": ("onnx",),
-    "litert": ("tflite",),
-    "openvino": ("openvino", "onnx", "tflite"),
-}
-"""Which catalogue file formats each runtime can read, in order of preference."""
+    kind: str
+    """Runtime name: the part before the colon of a backend name and the config's ``kind``."""
+    variants: tuple[str, ...]
+    """Accepted variants (providers, delegates, devices); the first is the default."""
+    formats: tuple[str, ...]
+    """Catalogue file formats the runtime reads, in order of preference."""
+    config: type[StrictModel]
+    """The runtime's config class (a pydantic model with ``kind`` as a Literal)."""
+    config_fields: Callable[[str, int | None, str | None], dict[str, Any]]
+    """(variant, threads, precision) -> the config's fields."""
+    opener: Callable[..., Session]
+    """``load(path, config, *, cache_dir, sha256)``: the runtime is imported inside, on use."""
+    options_field: str | None = None
+    """Config field (a ``dict[str, str]``) that a profile's ``runtime_options`` fill; None:
+    the runtime takes no free-form options."""
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

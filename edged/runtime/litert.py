@@ -19,10 +19,9 @@ import numpy as np
 from pydantic import Field
 
 from edged.errors import BackendUnavailable, EdgedError, ModelLoadError
-from edged.runtime.base import Array, Feeds, TensorSpec, check_feeds, one_line
+from edged.runtime.base import Array, BackendSpec, Feeds, TensorSpec, check_feeds, one_line
 from edged.schema import StrictModel
 
-KIND = "litert"
 _HINT = "pip install ai-edge-litert (or tflite-runtime on boards it has no wheel for)"
 
 
@@ -131,3 +130,18 @@ class LiteRTSession:
         """LiteRT reports no resident figure (summing tensor sizes overcounts the shared arena
         and misses XNNPACK's packed weights); the pool measures RSS around the load."""
         return None
+
+
+def _config_fields(variant: str, threads: int | None, precision: str | None) -> dict[str, Any]:
+    # XNNPACK picks its kernels from the model's own types; there is no precision knob.
+    return {"kind": "litert", "delegate": variant, "threads": threads}
+
+
+BACKEND = BackendSpec(
+    kind="litert",
+    variants=("xnnpack", "cpu"),
+    formats=("tflite",),
+    config=LiteRTConfig,
+    config_fields=_config_fields,
+    opener=LiteRTSession.load,
+)

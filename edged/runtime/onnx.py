@@ -26,6 +26,7 @@ from edged.errors import BackendUnavailable, EdgedError, ModelLoadError
 from edged.log import get_logger
 from edged.runtime.base import (
     Array,
+    BackendSpec,
     Feeds,
     Precision,
     TensorSpec,
@@ -37,7 +38,6 @@ from edged.runtime.base import (
 )
 from edged.schema import StrictModel
 
-KIND = "onnx"
 log = get_logger("runtime.onnx")
 
 PROVIDERS = {
@@ -168,7 +168,12 @@ class SessionPlan:
     final: Path | None = None
 
 
-def _ep_options(config: OnnxConfig, cache_dir: Path | None) -> dict[str, str]:
+def ep_options(config: OnnxConfig, cache_dir: Path | None) -> dict[str, str]:
+    """The execution-provider options a session with ``config`` is created with.
+
+    Derived from the config's fields, then ``provider_options`` (where a profile's
+    ``runtime_options`` land) override them key by key.
+    """
     opts: dict[str, str] = {}
     if config.provider == "qnn":
         opts = {
@@ -216,7 +221,7 @@ def plan_session(
     ort = _import_ort()
     opts = _base_options(ort, config)
     provider = PROVIDERS[config.provider]
-    providers: list[Any] = [(provider, _ep_options(config, cache_dir))]
+    providers: list[Any] = [(provider, ep_options(config, cache_dir))]
     if provider != PROVIDERS["cpu"]:
         providers.append(PROVIDERS["cpu"])
     plan = SessionPlan(path, providers, opts, "off")
@@ -346,3 +351,18 @@ def _open(ort: Any, plan: SessionPlan, path: Path) -> Any:
         raise ModelLoadError(f"onnxruntime cannot load {path.name}: {one_line(exc)}") from exc
     _commit(plan)
     return sess
+
+
+def _config_fields(variant: str, threads: int | None, precision: str | None) -> dict[str, Any]:
+    return {"kind": "onnx", "provider": variant, "threads": threads, "precision": precision}
+
+
+BACKEND = BackendSpec(
+    kind="onnx",
+    variants=tuple(PROVIDERS),
+    formats=("onnx",),
+    config=OnnxConfig,
+    config_fields=_config_fields,
+    opener=OnnxSession.load,
+    options_field="provider_options",
+)

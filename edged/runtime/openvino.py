@@ -26,10 +26,17 @@ import numpy as np
 from pydantic import Field
 
 from edged.errors import BackendUnavailable, EdgedError, ModelLoadError
-from edged.runtime.base import Array, Feeds, Precision, TensorSpec, check_feeds, one_line
+from edged.runtime.base import (
+    Array,
+    BackendSpec,
+    Feeds,
+    Precision,
+    TensorSpec,
+    check_feeds,
+    one_line,
+)
 from edged.schema import StrictModel
 
-KIND = "openvino"
 _DEVICE_HINT = {
     "CPU": "pip install openvino",
     "GPU": "install the Intel GPU compute runtime (apt install intel-opencl-icd) and check /dev/dri/renderD*",
@@ -179,3 +186,24 @@ class OpenVINOSession:
     def resident_bytes(self) -> int | None:
         """The CPU plugin reports no memory figure; the pool measures RSS around the load."""
         return None
+
+
+def _config_fields(variant: str, threads: int | None, precision: str | None) -> dict[str, Any]:
+    return {
+        "kind": "openvino",
+        "device": variant.upper(),
+        "threads": threads,
+        "precision": precision,
+    }
+
+
+BACKEND = BackendSpec(
+    kind="openvino",
+    variants=("cpu", "gpu", "npu"),
+    # IR first (already converted); its frontends read ONNX and TFLite too.
+    formats=("openvino", "onnx", "tflite"),
+    config=OpenVINOConfig,
+    config_fields=_config_fields,
+    opener=OpenVINOSession.load,
+    options_field="properties",
+)
