@@ -1,10 +1,18 @@
 # Two commands (see README): `make demo` runs the main job, `make test` runs every check.
+# `make install-service` puts the systemd unit and config in place on a board (see README).
 PYTHON ?= python3
 VENV   ?= .venv
 SHARED ?= $(abspath ../shared)
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck install install-dev clean
+# install-service: the edged the unit starts, and where the files go (DESTDIR = staging root).
+PREFIX     ?= /opt/edged
+EDGED_BIN  ?= $(PREFIX)/venv/bin/edged
+DESTDIR    ?=
+UNITDIR    ?= /etc/systemd/system
+SYSCONFDIR ?= /etc
+
+.PHONY: demo test lint typecheck install install-dev install-service clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +43,11 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check edged tests tools benchmarks
 	$(BIN)/mypy
 	EDGED_SHARED_DIR=$(SHARED) $(BIN)/pytest tests
+
+# No venv prerequisite: on a board edged lives in its own venv (EDGED_BIN), not in .venv.
+install-service:
+	DESTDIR='$(DESTDIR)' EDGED_BIN='$(EDGED_BIN)' UNITDIR='$(UNITDIR)' SYSCONFDIR='$(SYSCONFDIR)' \
+		tools/install-service.sh
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
