@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from edged.bench import common, headline, stream, venvs
-from edged.bench.all import BEGIN, END, markdown, update_readme, write_results
+from edged.bench.all import BEGIN, DOCS_PAGE, END, markdown, update_docs, write_results
 from edged.cli import main
 from edged.errors import BackendUnavailable, ConfigError
 
@@ -218,14 +218,14 @@ def test_swap_suite_reports_cold_cached_and_rss(
     assert rss["rss_growth_bytes"] == rss["rss_after_bytes"] - rss["rss_before_bytes"]
 
 
-def test_all_writes_json_markdown_and_the_readme_block(
+def test_all_writes_json_markdown_and_the_docs_block(
     capsys: pytest.CaptureFixture[str], shared_models: Path, tmp_path: Path
 ) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## Benchmarks\n\n{BEGIN}\nold\n{END}\n\nafter\n")
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# x\n\n## Benchmarks\n\n{BEGIN}\nold\n{END}\n\nafter\n")
     out = tmp_path / "results"
     argv = ["bench", "all", "--quick", "--suites", "superres", "--out", str(out), "--json"]
-    result = run_json(capsys, [*argv, "--update-readme", str(readme)])
+    result = run_json(capsys, [*argv, "--update-docs", str(page)])
     assert list(result["suites"]) == ["superres"]
     assert result["suites"]["superres"]["exit_code"] == 0
     assert any(row[0] == "superres" for row in result["headline"])
@@ -234,10 +234,28 @@ def test_all_writes_json_markdown_and_the_readme_block(
     md = saved.with_suffix(".md").read_text()
     assert "## superres" in md
     assert "out Mpix/s" in md
-    text = readme.read_text()
+    text = page.read_text()
     assert "old" not in text
     assert text.endswith(f"{END}\n\nafter\n")
     assert "| superres |" in text
+
+
+def test_update_docs_defaults_to_the_benchmarks_page_and_checks_it_before_running(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    assert Path("docs/benchmarks.md") == DOCS_PAGE
+    page = (repo / DOCS_PAGE).read_text()
+    assert BEGIN in page
+    assert END in page
+    assert BEGIN not in (repo / "README.md").read_text()  # results live in docs/, not README
+    out = tmp_path / "results"
+    page_without_block = tmp_path / "page.md"
+    page_without_block.write_text("no markers\n")
+    argv = ["bench", "all", "--quick", "--out", str(out), "--update-docs", str(page_without_block)]
+    assert main(argv) == ConfigError.exit_code
+    assert "bench:start" in capsys.readouterr().err
+    assert not out.exists()  # refused before any suite ran
 
 
 def test_all_records_a_failing_suite_instead_of_stopping(tmp_path: Path) -> None:
@@ -257,7 +275,9 @@ def test_all_records_a_failing_suite_instead_of_stopping(tmp_path: Path) -> None
     assert stem.with_suffix(".md").is_file()
     (tmp_path / "R.md").write_text("no markers")
     with pytest.raises(ConfigError, match="bench:start"):
-        update_readme(tmp_path / "R.md", result, stem)
+        update_docs(tmp_path / "R.md", result, stem)
+    with pytest.raises(ConfigError, match="cannot read"):
+        update_docs(tmp_path / "missing.md", result, stem)
 
 
 def _args() -> Any:

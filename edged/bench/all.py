@@ -3,9 +3,9 @@
 Each suite runs as its own ``edged bench SUITE --json`` child process (a fresh heap for the
 memory figures, and one suite failing cannot take the others down). Results go to
 ``bench-results/<date>-<host>.json`` (everything, with the machine) and ``.md`` (every
-suite's table plus the headline figures); ``--update-readme`` replaces the README's
-benchmark block (between ``<!-- bench:start -->`` and ``<!-- bench:end -->``) with the
-headline table.
+suite's table plus the headline figures); ``--update-docs`` replaces the headline block of
+``docs/benchmarks.md`` (between ``<!-- bench:start -->`` and ``<!-- bench:end -->``) with this
+run's table, so the README itself never carries results.
 
 The generation suite needs a diffusers ONNX model dir: ``--generation-model-dir``; without
 one it runs on tiny generated graphs of the SD-Turbo layout (random weights: a smoke figure
@@ -52,6 +52,8 @@ QUICK_ARGS: dict[str, list[str]] = {
 }
 """``--quick``: a smoke run of edged's own figures (tests), no baseline venvs."""
 BEGIN, END = "<!-- bench:start -->", "<!-- bench:end -->"
+DOCS_PAGE = Path("docs/benchmarks.md")
+"""Where ``--update-docs`` writes by default (relative to the working directory: the checkout)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,7 +71,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--skip", default="", help="comma-separated suites to leave out")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, no baseline venvs")
     parser.add_argument("--generation-model-dir", type=Path, default=None)
-    parser.add_argument("--update-readme", type=Path, default=None, metavar="README.md")
+    parser.add_argument(
+        "--update-docs",
+        type=Path,
+        nargs="?",
+        const=DOCS_PAGE,
+        default=None,
+        metavar="FILE",
+        help=f"replace the headline block of FILE (default {DOCS_PAGE}) with this run's table",
+    )
     parser.set_defaults(handler=_handler)
 
 
@@ -221,11 +231,20 @@ def write_results(result: dict[str, Any], out: Path) -> Path:
     return stem
 
 
-def update_readme(readme: Path, result: dict[str, Any], stem: Path | None) -> None:
-    """Replace the README block between the bench markers with the headline table."""
-    text = readme.read_text()
+def docs_page_text(page: Path) -> str:
+    """The page ``--update-docs`` will rewrite, checked for its markers (before any suite runs)."""
+    try:
+        text = page.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{page}: cannot read ({exc.strerror}); run from the checkout") from exc
     if BEGIN not in text or END not in text:
-        raise ConfigError(f"{readme}: no {BEGIN} ... {END} block to replace")
+        raise ConfigError(f"{page}: no {BEGIN} ... {END} block to replace")
+    return text
+
+
+def update_docs(page: Path, result: dict[str, Any], stem: Path | None) -> None:
+    """Replace the block between the bench markers of ``page`` with the headline table."""
+    text = docs_page_text(page)
     source = f"`{stem.with_suffix('.md').name}`" if stem else "this run"
     block = "\n".join(
         [
@@ -238,14 +257,16 @@ def update_readme(readme: Path, result: dict[str, Any], stem: Path | None) -> No
         ]
     )
     head, rest = text.split(BEGIN, 1)
-    readme.write_text(head + block + rest.split(END, 1)[1])
+    page.write_text(head + block + rest.split(END, 1)[1])
 
 
 def _handler(args: argparse.Namespace) -> int:
+    if args.update_docs:
+        docs_page_text(args.update_docs)  # a missing page fails now, not after the suites
     result = run_all(args)
     stem = None if args.no_write else write_results(result, results_dir(args.out))
-    if args.update_readme:
-        update_readme(args.update_readme, result, stem)
+    if args.update_docs:
+        update_docs(args.update_docs, result, stem)
     if args.json:
         print_json(result)
     else:
