@@ -13,7 +13,7 @@ from edged.testing import SHARED_DIR
 def shared_models() -> Path:
     path = SHARED_DIR / "models"
     if not path.is_dir():
-        pytest.skip(f"real models not present at {path} (set EDGED_SHARED_DIR)")
+        pytest.skip(f"needs {path} (real models; set EDGED_SHARED_DIR to a checkout of shared/)")
     return path
 
 
@@ -21,7 +21,7 @@ def shared_models() -> Path:
 def shared_images() -> Path:
     path = SHARED_DIR / "images"
     if not path.is_dir():
-        pytest.skip(f"real images not present at {path} (set EDGED_SHARED_DIR)")
+        pytest.skip(f"needs {path} (real images; set EDGED_SHARED_DIR to a checkout of shared/)")
     return path
 
 
