@@ -39,30 +39,54 @@ def _blend(old: int, new: int, keep: float = 0.75) -> int:
 
 
 class EstimateTable:
-    """Per-model cost estimates, improved by every observation and persisted as JSON."""
+    """Per-model cost estimates, improved by every observation and persisted as JSON.
+
+    Two kinds: a model's load cost (``models``) and its working memory per input pixel
+    while it runs (``activations``: RSS peak delta of one run / pixels fed), keyed alike.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._table: dict[str, Estimate] = self._read(path) if path is not None else {}
+        self._table: dict[str, Estimate] = {}
+        self._per_px: dict[str, int] = {}
+        if path is not None:
+            self._table, self._per_px = self._read(path)
 
     @staticmethod
-    def _read(path: Path) -> dict[str, Estimate]:
+    def _read(path: Path) -> tuple[dict[str, Estimate], dict[str, int]]:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            models = raw["models"] if raw.get("version") == _VERSION else {}
-            return {
+            ok = raw.get("version") == _VERSION
+            models = raw["models"] if ok else {}
+            table = {
                 str(k): Estimate(
                     int(v["resident_bytes"]), int(v["peak_bytes"]), int(v["observations"])
                 )
                 for k, v in models.items()
             }
+            per_px = {str(k): int(v) for k, v in (raw.get("activations", {}) if ok else {}).items()}
+            return table, per_px
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # A damaged table only costs predictions: start afresh, say so, overwrite on save.
             log.warning("pool_estimates_unreadable", path=str(path), error=str(exc))
-            return {}
+            return {}, {}
+
+    def activation(self, key: str) -> int | None:
+        """Measured working bytes per input pixel of one run of ``key``, or None."""
+        with self._lock:
+            return self._per_px.get(key)
+
+    def observe_activation(self, key: str, bytes_per_px: int) -> int:
+        """Fold one per-pixel measurement in (up at once, down slowly) and save the table."""
+        with self._lock:
+            old = self._per_px.get(key)
+            new = max(1, bytes_per_px if old is None else _blend(old, bytes_per_px))
+            self._per_px[key] = new
+            self._save_locked()
+            return new
 
     def get(self, key: str) -> Estimate | None:
         with self._lock:
@@ -88,7 +112,11 @@ class EstimateTable:
     def _save_locked(self) -> None:
         if self.path is None:
             return
-        payload = {"version": _VERSION, "models": {k: asdict(v) for k, v in self._table.items()}}
+        payload = {
+            "version": _VERSION,
+            "models": {k: asdict(v) for k, v in self._table.items()},
+            "activations": dict(self._per_px),
+        }
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

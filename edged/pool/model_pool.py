@@ -13,6 +13,9 @@ Rules (docs/memory.md has the measurements behind them):
   ``MemoryBudgetExceeded`` at once; one that could fit once in-use models are released waits
   at most ``wait_s`` and then raises ``Busy``. Every wait is bounded: no deadlock.
 - Evicted sessions are closed, then ``gc.collect()`` + ``malloc_trim(0)`` give the pages back.
+- Jobs reserve their working memory (``reserve``) from the same budget: evicting idle
+  models for it, waiting the same bounded time, refused when it cannot fit beside the pinned
+  models and the models the job itself holds (``edged.pool.jobs``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from edged.memory import (
     tune_allocator,
 )
 from edged.pool.estimates import ESTIMATES_FILE, Counters, EstimateTable, Slot, slot_stats
+from edged.pool.jobs import Job, JobLedger
 from edged.schema import format_bytes
 
 T = TypeVar("T")
@@ -113,6 +117,7 @@ class ModelPool(Generic[T]):
         self._closer = closer
         self._on_event = on_event
         self._slots: dict[str, Slot[T]] = {}
+        self.jobs = JobLedger()  # guarded by self._cond
         self._releasing = 0  # bytes of victims being closed: not free yet
         self._cond = threading.Condition()
         self._load_lock = threading.RLock()  # one load at a time: deltas stay attributable
@@ -166,6 +171,8 @@ class ModelPool(Generic[T]):
         users of the same model (sessions are thread-compatible, not thread-safe).
         """
         slot = self._admit(key, loader, estimate_bytes, pinned)
+        with self._cond:
+            self.jobs.hold(key)
         try:
             if exclusive and not slot.use_lock.acquire(timeout=self.use_wait_s):
                 raise Busy(f"{key}: in use by other jobs for {self.use_wait_s:.0f} s; retry later")
@@ -176,7 +183,35 @@ class ModelPool(Generic[T]):
                 if exclusive:
                     slot.use_lock.release()
         finally:
+            with self._cond:
+                self.jobs.unhold(key)
             self._release(slot)
+
+    @contextmanager
+    def reserve(self, what: str, nbytes: int) -> Iterator[int]:
+        """Charge ``nbytes`` of job working memory (``what`` names it) for the block.
+
+        Idle unpinned models are evicted (LRU) to make room; memory held by other jobs or
+        models in use is waited for at most ``wait_s`` (then ``Busy``); a reservation that
+        cannot fit beside the pinned models and this thread's own models and reservations
+        raises ``MemoryBudgetExceeded`` at once. Both messages carry the numbers.
+        """
+        nbytes = max(0, int(nbytes))
+        job, victims = self._admit_job(what, nbytes)
+        try:
+            self._close(victims, reason=f"room for {what}")
+            yield nbytes
+        finally:
+            with self._cond:
+                self.jobs.remove(job)
+                self._cond.notify_all()
+
+    def job_room(self) -> tuple[int, int]:
+        """(bytes a job could reserve now, evicting idle models; bytes it could ever get)."""
+        with self._cond:
+            now = self.budget - self._used()
+            now += sum(s.cost for s in self._slots.values() if self._evictable(s))
+            return max(0, min(now, self._job_ceiling())), max(0, self._job_ceiling())
 
     def evict(self, key: str, *, force: bool = False) -> bool:
         """Unload ``key`` now if idle (configured pins only with ``force``); else at release."""
@@ -200,15 +235,17 @@ class ModelPool(Generic[T]):
             models = [slot_stats(s, self._is_pinned(s)) for s in ready]
             used = self._used()
             counters = self._n.as_dict()
+            jobs = self.jobs.stats()
         rss = rss_bytes()
         return {
             "budget_bytes": self.budget,
-            "resident_bytes": used,
+            "resident_bytes": used - jobs["job_bytes"],
             "free_bytes": max(0, self.budget - used),
             "rss_bytes": rss,
             "baseline_rss_bytes": self._baseline,
             "untracked_bytes": rss - self._baseline - used,
             "models": sorted(models, key=lambda m: -int(m["last_used"])),
+            **jobs,
             **counters,
         }
 
@@ -287,9 +324,13 @@ class ModelPool(Generic[T]):
     def _plan(self, key: str, estimate: int | None) -> tuple[int, list[Slot[T]] | None]:
         """(bytes to reserve, victims that make room); victims None if it must wait."""
         need = self._need(key, estimate)
+        return need, self._victims(need)
+
+    def _victims(self, need: int) -> list[Slot[T]] | None:
+        """Idle models to evict (LRU, with slack) so ``need`` bytes fit; None if they cannot."""
         free = self.budget - self._used()
         if free >= need:
-            return need, []
+            return []
         idle = sorted(
             (s for s in self._slots.values() if self._evictable(s)), key=lambda s: s.last_used
         )
@@ -299,7 +340,50 @@ class ModelPool(Generic[T]):
                 break
             victims.append(slot)
             free += slot.cost
-        return need, victims if free >= need else None
+        return victims if free >= need else None
+
+    # ------------------------------------------------------------ job reservations
+
+    def _job_ceiling(self) -> int:
+        """Under the lock: what a job of this thread could ever hold (all else released)."""
+        held = self.jobs.held_here()
+        fixed = sum(s.charged for s in self._slots.values() if self._is_pinned(s) or s.key in held)
+        return self.budget - fixed - self.jobs.mine()
+
+    def _admit_job(self, what: str, nbytes: int) -> tuple[Job, list[Slot[T]]]:
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise Cancelled("the model pool is closed (shutting down)")
+                ceiling = self._job_ceiling()
+                if nbytes > ceiling:
+                    self.jobs.refused += 1
+                    raise MemoryBudgetExceeded(self._job_refusal(what, nbytes, ceiling))
+                victims = self._victims(nbytes)
+                if victims is not None:
+                    break
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    self.jobs.busy += 1
+                    free = max(0, self.budget - self._used())
+                    raise Busy(
+                        f"{what} needs {format_bytes(nbytes)} of working memory; only "
+                        f"{format_bytes(free)} of the {format_bytes(self.budget)} budget came "
+                        f"free within {self.wait_s:.1f} s (jobs hold "
+                        f"{format_bytes(self.jobs.total())}): retry later, run fewer jobs at "
+                        "once, or raise memory_budget / admission_wait_s"
+                    )
+            for victim in victims:
+                self._detach(victim)
+            return self.jobs.add(what, nbytes), victims
+
+    def _job_refusal(self, what: str, nbytes: int, ceiling: int) -> str:
+        return (
+            f"{what} needs {format_bytes(nbytes)} of working memory but at most "
+            f"{format_bytes(max(0, ceiling))} of the {format_bytes(self.budget)} memory budget "
+            "can be free beside the pinned models and the job's own model: send a smaller "
+            "input, raise memory_budget (and MemoryMax), or unpin models"
+        )
 
     def _refusal(self, key: str, need: int, how: str, fixed: list[Slot[T]], room: int) -> str:
         msg = f"{key} needs {format_bytes(need)} to load ({how}) but the memory budget is {format_bytes(self.budget)}"
@@ -414,7 +498,7 @@ class ModelPool(Generic[T]):
         return not slot.loading and slot.users == 0 and not self._is_pinned(slot)
 
     def _used(self) -> int:
-        return sum(s.charged for s in self._slots.values()) + self._releasing
+        return sum(s.charged for s in self._slots.values()) + self._releasing + self.jobs.total()
 
     def _detach(self, slot: Slot[T]) -> None:
         """Under the lock: remove from the table, keep its bytes charged until it is closed."""
