@@ -2,7 +2,9 @@
 
 Conventions (see ``edged.tasks.base``): images are RGB uint8 H x W x 3, masks H x W uint8
 0..255 with 255 = person / hole. Anything a user sends goes through ``decode_image`` /
-``decode_mask`` so a bad file becomes a one-line ``BadRequest``, never a cv2 crash.
+``decode_mask`` (``edged.image_header.decode_checked``: size from the header before any
+pixel is decoded) so a bad file becomes a one-line ``BadRequest``/``TooLarge``, never a cv2
+crash.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.errors import BadRequest
+from edged.image_header import ACCEPTED_NAMES as ACCEPTED_NAMES  # noqa: PLC0414 - re-export
+from edged.image_header import decode_checked
 
 Image = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float32]
@@ -28,18 +32,9 @@ MAX_PIXELS = 64_000_000
 # ---------------------------------------------------------------- decode / encode
 
 
-def _decode(data: bytes, what: str) -> npt.NDArray[np.generic]:
-    if not data:
-        raise BadRequest(f"{what}: empty data; send a PNG or JPEG")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    try:
-        array = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise BadRequest(f"{what}: cannot decode ({exc.msg.strip()}); send a PNG or JPEG") from None
-    if array is None or array.size == 0:
-        raise BadRequest(f"{what}: not a decodable image; send a PNG or JPEG")
-    if array.shape[0] * array.shape[1] > MAX_PIXELS:
-        raise BadRequest(f"{what}: {array.shape[1]}x{array.shape[0]} is too many pixels")
+def _decode(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.generic]:
+    # Header first (every accepted format), then OpenCV: see edged.image_header.
+    array, _ = decode_checked(data, flag=cv2.IMREAD_UNCHANGED, max_pixels=max_pixels, what=what)
     return np.asarray(array)
 
 
@@ -51,14 +46,15 @@ def _to_uint8(array: npt.NDArray[np.generic]) -> Image:
     return np.clip(array.astype(np.float32), 0, 255).astype(np.uint8)
 
 
-def decode_image(data: bytes, what: str = "image") -> Image:
-    """PNG/JPEG/... bytes -> RGB uint8 H x W x 3 (grey is replicated, alpha dropped)."""
-    return bgr_any_to_rgb(_to_uint8(_decode(data, what)))
+def decode_image(data: bytes, what: str = "image", *, max_pixels: int = MAX_PIXELS) -> Image:
+    """PNG/JPEG/BMP/TIFF/WebP/PNM bytes -> RGB uint8 H x W x 3 (grey replicated, alpha
+    dropped); the size is checked from the header before decoding (``too_large``)."""
+    return bgr_any_to_rgb(_to_uint8(_decode(data, what, max_pixels)))
 
 
-def decode_mask(data: bytes, what: str = "mask") -> Image:
+def decode_mask(data: bytes, what: str = "mask", *, max_pixels: int = MAX_PIXELS) -> Image:
     """Image bytes -> H x W uint8 mask (colour masks are converted to grey)."""
-    array = _to_uint8(_decode(data, what))
+    array = _to_uint8(_decode(data, what, max_pixels))
     if array.ndim == 3:
         return np.ascontiguousarray(cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2GRAY), np.uint8)
     return np.ascontiguousarray(array)
@@ -75,12 +71,12 @@ def _read(path: Path, what: str) -> bytes:
         raise BadRequest(f"{what}: cannot read {path}: {exc.strerror}") from None
 
 
-def read_image(path: Path, what: str = "input") -> Image:
-    return decode_image(_read(path, what), f"{what} {path}")
+def read_image(path: Path, what: str = "input", *, max_pixels: int = MAX_PIXELS) -> Image:
+    return decode_image(_read(path, what), f"{what} {path}", max_pixels=max_pixels)
 
 
-def read_mask(path: Path, what: str = "mask") -> Image:
-    return decode_mask(_read(path, what), f"{what} {path}")
+def read_mask(path: Path, what: str = "mask", *, max_pixels: int = MAX_PIXELS) -> Image:
+    return decode_mask(_read(path, what), f"{what} {path}", max_pixels=max_pixels)
 
 
 def bgr_any_to_rgb(array: Image) -> Image:

@@ -1,8 +1,9 @@
 """Payload frames <-> numpy arrays, with limits checked before any pixel is decoded.
 
 Images travel as PNG or JPEG bytes (or ``npy``/``raw`` with shape and dtype). The image
-size is read from the PNG IHDR chunk or the JPEG SOF segment and compared with
-``max_pixels`` *before* ``cv2.imdecode`` runs, so a 100000 x 100000 "decompression bomb" of a
+size is read from the PNG IHDR chunk or the JPEG SOF segment (``edged.image_header``, which
+also reads BMP, TIFF, WebP and PNM headers for files) and compared with ``max_pixels``
+*before* ``cv2.imdecode`` runs, so a 100000 x 100000 "decompression bomb" of a
 few kB is rejected without allocating anything. Arrays are RGB (H x W x 3) or single channel
 (H x W) uint8 on the edged side; the BGR of OpenCV never leaks out of this module.
 """
@@ -18,17 +19,24 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.errors import BadRequest, TooLarge
+from edged.image_header import (
+    ACCEPTED_FORMATS,
+    ImageHeader,
+    check_size,
+    decode_checked,
+    png_check_chunks,
+    read_header,
+)
+from edged.image_header import (
+    PNG_SIGNATURE as _PNG_SIGNATURE,
+)
 
 Encoding = Literal["png", "jpeg", "npy", "raw"]
 ENCODINGS: tuple[Encoding, ...] = ("png", "jpeg", "npy", "raw")
+ImageEncoding = Literal["png", "jpeg", "any"]
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = _PNG_SIGNATURE
 JPEG_SOI = b"\xff\xd8"
-# SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) are not SOFs.
-_JPEG_SOF = frozenset(
-    {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)}
-)
-_JPEG_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD8)})
 _NPY_MAGIC = b"\x93NUMPY"
 _MAX_NPY_HEADER = 4096
 
@@ -44,104 +52,65 @@ def _cv2() -> Any:
 
 def png_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the IHDR chunk; BadRequest if this is not a PNG."""
-    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+    if not data.startswith(PNG_SIGNATURE):
         raise BadRequest("not a PNG (bad signature or IHDR)")
-    width, height = struct.unpack(">II", data[16:24])
-    return int(width), int(height)
-
-
-def png_check_chunks(data: bytes, max_chunks: int = 100_000) -> None:
-    """Every chunk must fit in the data and IEND must come: a chunk that claims 4 GB (one
-    flipped byte) makes OpenCV's decoder spin for seconds, so it never gets that far."""
-    pos = len(PNG_SIGNATURE)
-    for _ in range(max_chunks):
-        if pos + 12 > len(data):
-            break
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        pos += 12 + length
-        if pos > len(data):
-            break
-        if kind == b"IEND":
-            return
-    raise BadRequest("truncated or corrupt PNG (a chunk runs past the end, or no IEND)")
+    header = read_header(data, "PNG", ("png",))
+    return header.width, header.height
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the first SOF segment; BadRequest if there is none."""
     if not data.startswith(JPEG_SOI):
         raise BadRequest("not a JPEG (no SOI marker)")
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise BadRequest(f"corrupt JPEG: expected a marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in _JPEG_NO_LENGTH:
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):
-            break  # EOI or start of scan before any SOF
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in _JPEG_SOF:
-            if pos + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return int(width), int(height)
-        if length < 2:
-            raise BadRequest(f"corrupt JPEG: segment length {length} at byte {pos}")
-        pos += 2 + length
-    raise BadRequest("truncated or corrupt JPEG: no frame header (SOF) found")
+    header = read_header(data, "JPEG", ("jpeg",))
+    return header.width, header.height
 
 
 def check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
-    if width <= 0 or height <= 0:
-        raise BadRequest(f"payload {name!r}: image size {width}x{height} is empty")
-    if width * height > max_pixels:
-        raise TooLarge(
-            f"payload {name!r}: {width}x{height} = {width * height} pixels exceeds "
-            f"zmq.max_pixels = {max_pixels}; downscale the image"
-        )
+    check_size(ImageHeader("?", width, height), max_pixels, f"payload {name!r}", "zmq.max_pixels")
 
 
 # ---------------------------------------------------------------- decoding
 
 
-def image_size(name: str, data: bytes, encoding: Encoding, max_pixels: int) -> tuple[int, int]:
+def image_size(name: str, data: bytes, encoding: ImageEncoding, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the headers, after the pixel limit and structure checks."""
+    what = f"payload {name!r}"
+    header = read_header(data, what, _formats(encoding))
+    check_size(header, max_pixels, what, "zmq.max_pixels")
     try:
-        if encoding == "png":
-            width, height = png_size(data)
-            check_pixels(name, width, height, max_pixels)
+        if header.format == "png":
             png_check_chunks(data)
-        else:
-            width, height = jpeg_size(data)
-            check_pixels(name, width, height, max_pixels)
-            if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-                raise BadRequest("truncated JPEG (no EOI marker)")
-    except TooLarge:
-        raise
+        elif header.format == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise BadRequest("truncated JPEG (no EOI marker)")
     except BadRequest as exc:
-        raise BadRequest(f"payload {name!r}: {exc}") from exc
-    return width, height
+        raise BadRequest(f"{what}: {exc}") from None
+    return header.width, header.height
+
+
+def _formats(encoding: ImageEncoding) -> tuple[str, ...]:
+    return ACCEPTED_FORMATS if encoding == "any" else (encoding,)
 
 
 def decode_image(
-    name: str, data: bytes, encoding: Encoding, *, channels: int, max_pixels: int
+    name: str, data: bytes, encoding: ImageEncoding, *, channels: int, max_pixels: int
 ) -> npt.NDArray[np.uint8]:
-    """PNG/JPEG bytes -> RGB (channels=3) or gray (channels=1, 2-D) uint8, limits first."""
-    width, height = image_size(name, data, encoding, max_pixels)
+    """Image bytes -> RGB (channels=3) or gray (channels=1, 2-D) uint8, limits first.
+
+    ``encoding`` is what the request declared (``png``/``jpeg``, checked against the data),
+    or ``any`` for files (every format of ``edged.image_header.ACCEPTED_FORMATS``).
+    """
+    image_size(name, data, encoding, max_pixels)  # the structure checks of the wire formats
     cv2 = _cv2()
     flag = cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE
-    buf = np.frombuffer(data, dtype=np.uint8)
-    try:
-        img = cv2.imdecode(buf, flag)
-    except cv2.error as exc:
-        raise BadRequest(f"payload {name!r}: cannot decode {encoding}: {exc.err}") from exc
-    if img is None or img.shape[:2] != (height, width):
-        raise BadRequest(f"payload {name!r}: truncated or corrupt {encoding}")
+    img, _ = decode_checked(
+        data,
+        flag=flag,
+        max_pixels=max_pixels,
+        what=f"payload {name!r}",
+        formats=_formats(encoding),
+        limit_name="zmq.max_pixels",
+    )
     if img.dtype != np.uint8:
         img = (img / 257).astype(np.uint8)
     if channels == 3:
