@@ -12,7 +12,7 @@ DESTDIR    ?=
 UNITDIR    ?= /etc/systemd/system
 SYSCONFDIR ?= /etc
 
-.PHONY: demo test lint typecheck install install-dev install-service clean
+.PHONY: demo test test-no-shared lint typecheck install install-dev install-service clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check edged tests tools benchmarks
 	$(BIN)/mypy
 	EDGED_SHARED_DIR=$(SHARED) $(BIN)/pytest tests
+
+# The suite as a fresh clone runs it: no ../shared (tests needing real models skip, one line
+# each) and no pytest cache. .ci/run runs it after `make test` so that case cannot regress.
+test-no-shared: $(VENV)/.installed-dev
+	EDGED_SHARED_DIR=/nonexistent/shared $(BIN)/pytest -p no:cacheprovider tests
 
 # No venv prerequisite: on a board edged lives in its own venv (EDGED_BIN), not in .venv.
 install-service:
