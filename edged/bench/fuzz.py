@@ -27,6 +27,7 @@ from edged.bench.daemon import BenchDaemon
 from edged.bench.fuzz_cases import Case, CaseGenerator
 from edged.cli.common import add_common, print_json, settings_from_args
 from edged.config import Settings
+from edged.testing import daemon as harness
 
 ERROR_CODES = frozenset(
     {"bad_request", "unknown_model", "too_large", "busy", "licence", "internal"}
@@ -210,22 +211,8 @@ def _expire(slots: list[_Slot], poller: Any, ctx: Any, endpoint: str, report: Fu
 # ---------------------------------------------------------------- the daemon under test
 
 
-def config_toml(
-    top: dict[str, Any],
-    sections: dict[str, dict[str, Any]] | None = None,
-    streams: list[dict[str, Any]] | None = None,
-) -> str:
-    """A daemon config file from plain dicts (JSON spelling is valid TOML for these values)."""
-
-    def line(key: str, value: Any) -> str:
-        return f"{key} = {json.dumps(value, default=str)}"  # Paths (also in lists) as strings
-
-    lines = [line(k, v) for k, v in top.items()]
-    for name, values in (sections or {}).items():
-        lines += [f"[{name}]", *(line(k, v) for k, v in values.items())]
-    for stream in streams or []:
-        lines += ["[[streams]]", *(line(k, v) for k, v in stream.items())]
-    return "\n".join(lines) + "\n"
+config_toml = harness.config_toml
+"""The daemon config writer (``edged.testing.daemon``), here for soak, reliability and tests."""
 
 
 def work_dirs(work: Path) -> dict[str, str]:

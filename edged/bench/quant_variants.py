@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged.config import Settings
-from edged.models.catalog import Catalog, file_sha256
+from edged.digest import file_sha256
+from edged.models.catalog import Catalog
 from edged.models.schema import ModelEntry, ModelFile
 from edged.quantization.accuracy_gate import GateResult
 from edged.quantization.calibration import CalibrationSet, load_images

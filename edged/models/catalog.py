@@ -12,19 +12,20 @@ own shipped weights are always found.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import tomllib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from edged.digest import file_sha256
 from edged.errors import ConfigError, LicenceNotAllowed, ModelNotFound, ModelVerificationError
 from edged.models.schema import ModelEntry, ModelFile
 from edged.schema import validation_problems
+from edged.toml_text import toml_table
 
 if TYPE_CHECKING:
     from edged.config import Settings
@@ -149,16 +150,6 @@ _owners: dict[str, str] = {}
 _verified_lock = threading.Lock()
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed (same as ``edged.runtime.base.file_sha256``, without
-    importing the runtime package: `edged models` must start fast)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dir_sha256(path: Path) -> str:
     """sha256 of a model directory: of the sorted ``sha256sum``-style lines of its files."""
     lines = sorted(
@@ -258,30 +249,6 @@ def check_licence(entry: ModelEntry, allowed: Sequence[str]) -> None:
 # ---------------------------------------------------------------- writing manifests
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return (
-            "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-        )
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
-
-
-def _toml_table(data: dict[str, Any]) -> list[str]:
-    return [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if v is not None]
-
-
 def dump_entry(entry: ModelEntry, *, explicit: bool = False) -> str:
     """A manifest for ``entry`` that ``load_entry`` reads back to an equal entry.
 
@@ -294,9 +261,9 @@ def dump_entry(entry: ModelEntry, *, explicit: bool = False) -> str:
         data = entry.model_dump(mode="json", exclude_defaults=True)
     tables = {k: data.pop(k) for k in ("params", "input", "output", "components") if k in data}
     files = data.pop("files", [])
-    lines = _toml_table(data)
+    lines = toml_table(data)
     for name, table in tables.items():
-        lines += ["", f"[{name}]", *_toml_table(table)]
+        lines += ["", f"[{name}]", *toml_table(table)]
     for file in files:
-        lines += ["", "[[files]]", *_toml_table(file)]
+        lines += ["", "[[files]]", *toml_table(file)]
     return "\n".join(lines) + "\n"

@@ -32,8 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edged import imaging
+from edged.digest import file_sha256
 from edged.errors import BadRequest
-from edged.models.catalog import file_sha256
 from edged.models.schema import ModelEntry
 from edged.runtime.base import Array, Session
 from edged.runtime.recording import RecordingSession

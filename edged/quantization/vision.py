@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from edged.config import Settings
+from edged.digest import file_sha256
 from edged.errors import BadRequest, ModelLoadError, ModelNotFound
 from edged.log import get_logger
-from edged.models.catalog import Catalog, file_sha256
+from edged.models.catalog import Catalog
 from edged.models.schema import ModelEntry, ModelFile, Precision
 from edged.quantization.accuracy_gate import Thresholds, psnr, thresholds_from
 from edged.quantization.calibration import (

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from edged.digest import file_sha256
 from edged.errors import BadRequest
 from edged.schema import StrictModel
 
@@ -87,15 +88,6 @@ class BackendSpec:
     options_field: str | None = None
     """Config field (a ``dict[str, str]``) that a profile's ``runtime_options`` fill; None:
     the runtime takes no free-form options."""
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed (model files can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _digests: dict[tuple[str, int, int], str] = {}

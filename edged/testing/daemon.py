@@ -1,4 +1,4 @@
-"""Test helpers for the daemon: a real ``edged run`` subprocess, a fake ``NOTIFY_SOCKET``,
+"""Test helpers for the daemon: a real ``edged run`` subprocess (also the benchmarks'), a fake ``NOTIFY_SOCKET``,
 a real RTSP server (GStreamer, run by the system python3) and small generated videos.
 
 Like ``edged.testing``, nothing here mocks edged: the daemon under test is the real command,
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import socket
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from edged.daemon.sources import Frame
+from edged.errors import BackendUnavailable
+from edged.toml_text import toml_document
 from edged.wire.client import Message, Subscriber
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -78,17 +79,37 @@ class NotifyRecorder:
 
 
 class Daemon:
-    """``python -m edged run --config CONFIG`` with a fake notify socket; logs to a file."""
+    """``python -m edged run --config CONFIG`` in ``workdir``: the one daemon-subprocess harness
+    (tests and the daemon benchmarks). A fake notify socket records sd_notify; ``start`` waits
+    for ``READY=1`` (sent once the sockets are bound and models warmed); logs go to a file.
 
-    def __init__(self, config: Path, workdir: Path, *, env: dict[str, str] | None = None) -> None:
+    ``isolated`` drops the caller's ``EDGED_*`` variables so the config file is the whole
+    truth (benchmarks); tests keep them (their dirs come from the environment).
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        isolated: bool = False,
+        runtime_dir: Path | None = None,
+    ) -> None:
         self.config = config
         self.workdir = workdir
         self.log_path = workdir / "daemon.log"
         self.notify = NotifyRecorder(workdir / "notify.sock")
-        self._env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.notify.path)}
+        base = {k: v for k, v in os.environ.items() if not (isolated and k.startswith("EDGED_"))}
+        self._env = {**base, **(env or {}), "NOTIFY_SOCKET": str(self.notify.path)}
+        run = runtime_dir or Path(self._env.get("EDGED_RUNTIME_DIR", workdir / "run"))
+        self.requests_endpoint = f"ipc://{run}/requests.sock"
+        self.results_endpoint = f"ipc://{run}/results.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait_ready: float = 60) -> Daemon:
+        """Start it; with ``wait_ready`` raise ``BackendUnavailable`` (naming the log's last
+        lines) if it exits or sends no ``READY=1`` in time."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edged", "run", "--config", str(self.config)],
@@ -98,10 +119,18 @@ class Daemon:
             cwd=self.workdir,
         )
         log.close()
-        if wait_ready and not self.notify.wait_for("READY", "1", timeout=wait_ready):
-            self.stop()
-            raise AssertionError(f"daemon never sent READY=1; log:\n{self.log()}")
+        if not wait_ready:
+            return self
+        deadline = time.monotonic() + wait_ready
+        while not self.notify.wait_for("READY", "1", timeout=0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                code = self.stop()
+                why = f"exited {code}" if code is not None else f"no READY=1 in {wait_ready:g} s"
+                raise BackendUnavailable(f"edged run {why}: {self.log_tail()}")
         return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
@@ -117,7 +146,7 @@ class Daemon:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(20)
+            return self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(5)
@@ -130,12 +159,31 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def log_tail(self, lines: int = 5) -> str:
+        """The log's last lines as one line (for one-line errors)."""
+        return " / ".join(self.log().strip().splitlines()[-lines:]) or "no log"
+
     def close(self) -> None:
         self.stop()
         self.notify.close()
 
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 # ---------------------------------------------------------------- config and results
+
+
+def config_toml(
+    top: dict[str, Any],
+    sections: dict[str, dict[str, Any]] | None = None,
+    streams: list[dict[str, Any]] | None = None,
+) -> str:
+    """A daemon config file from plain dicts (paths as strings, None values left out)."""
+    return toml_document(top, sections, {"streams": streams} if streams else None)
 
 
 def toml_config(
@@ -148,22 +196,12 @@ def toml_config(
 ) -> Path:
     """A daemon config: ``models`` as the model dir, fast polling, the given streams.
 
-    ``top`` adds top-level settings (e.g. ``warmup_models``), JSON-encoded (valid TOML here).
+    ``top`` adds top-level settings (e.g. ``warmup_models``).
     """
     svc = {"inbox_poll_s": 0.1, "drain_timeout_s": 5.0, **(service or {})}
-    lines = [
-        f'model_dirs = ["{models}"]',
-        'log_format = "json"',
-        *(f"{k} = {json.dumps(v)}" for k, v in (top or {}).items()),
-        "[zmq]",
-        "stats_interval_s = 0.5",
-        "[service]",
-        *(f"{k} = {v}" for k, v in svc.items()),
-    ]
-    for stream in streams:
-        lines.append("[[streams]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in stream.items()]
-    path.write_text("\n".join(lines) + "\n")
+    head = {"model_dirs": [models], "log_format": "json", **(top or {})}
+    sections: dict[str, dict[str, Any]] = {"zmq": {"stats_interval_s": 0.5}, "service": svc}
+    path.write_text(config_toml(head, sections, list(streams)))
     return path
 
 
