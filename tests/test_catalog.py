@@ -201,7 +201,9 @@ def test_cli_verify_names_a_tampered_file(shared_models: Path, tmp_path: Path) -
 def test_cli_verify_named_model_not_installed_fails() -> None:
     result = edged_cli("models", "verify", "espcn_x2")
     assert result.returncode == 1
-    assert "edged models fetch espcn_x2" in result.stderr
+    # espcn_x2 has no download: the hint is its recipe, not a fetch that answers "no-source".
+    assert "make it with `python -m tf2onnx.convert --graphdef ESPCN_x2.pb" in result.stderr
+    assert "edged models fetch espcn_x2" not in result.stderr
 
 
 def test_cli_list_json(shared_models: Path) -> None:

@@ -116,7 +116,7 @@ def test_precision_chooses_the_file(catalog: Catalog, settings: Settings) -> Non
 
 def test_no_file_anywhere_is_model_not_found(settings: Settings, tmp_path: Path) -> None:
     empty = Catalog.load([], [tmp_path])
-    with pytest.raises(ModelNotFound, match="run `edged models fetch espcn_x2`"):
+    with pytest.raises(ModelNotFound, match=r"make it with `python -m tf2onnx\.convert"):
         _load(empty.get("espcn_x2"), empty, ["onnx:cpu"], settings)
     with pytest.raises(ModelNotFound, match="no model files"):
         _load(empty.get("opencv_telea"), empty, ["onnx:cpu"], settings)

@@ -29,18 +29,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
     p = actions.add_parser("list", help="catalogue entries, installed or not, and where")
-    add_common(p)
+    add_common(p, one_shot=True)
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--task", default=None, help="only models of this task")
     p.set_defaults(handler=_list)
 
     p = actions.add_parser("verify", help="check sha256 of installed files (exit 1 on mismatch)")
-    add_common(p)
+    add_common(p, one_shot=True)
     p.add_argument("names", nargs="*", metavar="NAME", help="models to check (default: all)")
     p.set_defaults(handler=_verify)
 
     p = actions.add_parser("fetch", help="download models into the model dir")
-    add_common(p)
+    add_common(p, one_shot=True)
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--dir", type=Path, default=None, help="model dir to install into")
     p.add_argument("--retries", type=int, default=3, help="resume attempts per file")
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_fetch)
 
     p = actions.add_parser("add", help="add your own model file to the catalogue")
-    add_common(p)
+    add_common(p, one_shot=True)
     p.add_argument("path", type=Path, metavar="PATH", help="model file or ONNX directory")
     p.add_argument(
         "--task", required=True, choices=["segmentation", "superres", "inpainting", "generation"]
@@ -88,9 +88,24 @@ def _status(entry: ModelEntry, found: dict[str, Path], catalog: Catalog) -> str:
     return "installed" if found else "missing"
 
 
+def _obtainable(entry: ModelEntry, catalog: Catalog) -> tuple[bool, bool]:
+    """(fetchable, convertible): `edged models fetch` gets it / its recipe makes it.
+
+    A multi-model entry (MobileSAM) is fetchable when every part is, convertible when every
+    part is fetchable or convertible.
+    """
+    if not entry.components:
+        return entry.fetchable, entry.recipe is not None
+    parts = [catalog.entries.get(name) for name in entry.components.values()]
+    fetch = all(p is not None and p.fetchable for p in parts)
+    convert = all(p is not None and (p.fetchable or p.recipe is not None) for p in parts)
+    return fetch, convert and not fetch
+
+
 def describe(entry: ModelEntry, catalog: Catalog, allowed: list[str]) -> dict[str, Any]:
     """One entry as `edged models list --json` prints it."""
     found = catalog.installed(entry)
+    fetchable, convertible = _obtainable(entry, catalog)
     return {
         "name": entry.name,
         "task": entry.task,
@@ -103,6 +118,10 @@ def describe(entry: ModelEntry, catalog: Catalog, allowed: list[str]) -> dict[st
         "formats": sorted({f"{f.format}:{f.precision}" for f in entry.files}),
         "components": entry.components,
         "description": entry.description,
+        "fetchable": fetchable,
+        "convertible": convertible,
+        "recipe": entry.recipe.model_dump() if entry.recipe else None,
+        "hint": None if found or not entry.files else entry.obtain_hint(),
         "files": [
             {
                 "path": f.path,
@@ -111,7 +130,10 @@ def describe(entry: ModelEntry, catalog: Catalog, allowed: list[str]) -> dict[st
                 "size": f.size,
                 "sha256": f.sha256,
                 "found": str(found[f.path]) if f.path in found else None,
+                "fetchable": f.fetchable,
+                "source": f.sources[0] if f.sources else None,
                 "sources": f.sources,
+                "provenance": f.provenance,
                 "gate": f.gate,
             }
             for f in entry.files
@@ -131,21 +153,36 @@ def _list(args: argparse.Namespace) -> int:
         print_json({"search_path": [str(p) for p in catalog.search_path], "models": rows})
         return 0
     print(
-        f"{'NAME':<30} {'TASK':<12} {'FAMILY':<20} {'STATUS':<9} {'SIZE':>9}  {'OK':<3} LICENCE / FORMATS"
+        f"{'NAME':<30} {'TASK':<12} {'FAMILY':<20} {'STATUS':<9} {'SIZE':>9}  {'OK':<3} "
+        f"{'FETCH':<5} {'CONV':<4} LICENCE / FORMATS"
     )
     for r in rows:
-        size = format_bytes(r["size"]) if r["size"] else "-"
-        print(
-            f"{r['name']:<30} {r['task']:<12} {r['family']:<20} {r['status']:<9} {size:>9}  "
-            f"{'yes' if r['allowed'] else 'NO':<3} {r['licence']} / {','.join(r['formats']) or '-'}"
-        )
-        for f in r["files"]:
-            gate = f"  gate: {f['gate']}" if f["gate"] else ""
-            if f["found"]:
-                print(f"    {f['path']} -> {f['found']}{gate}")
+        _print_row(r)
     print(f"search path: {', '.join(str(p) for p in catalog.search_path)}")
     print("OK = licence in allowed_licences (a NO model does not load until you add it there)")
+    print(
+        "FETCH = `edged models fetch NAME` downloads it; CONV = no download has it: make it "
+        "with its recipe (`edged models list --json` shows the command)"
+    )
     return 0
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    size = format_bytes(r["size"]) if r["size"] else "-"
+    print(
+        f"{r['name']:<30} {r['task']:<12} {r['family']:<20} {r['status']:<9} {size:>9}  "
+        f"{'yes' if r['allowed'] else 'NO':<3} {'yes' if r['fetchable'] else '-':<5} "
+        f"{'yes' if r['convertible'] else '-':<4} "
+        f"{r['licence']} / {','.join(r['formats']) or '-'}"
+    )
+    for f in r["files"]:
+        gate = f"  gate: {f['gate']}" if f["gate"] else ""
+        if f["found"]:
+            print(f"    {f['path']} -> {f['found']}{gate}")
+        else:
+            print(f"    {f['path']} <- {f['source'] or 'no source'}")
+    if r["hint"] and not r["fetchable"]:
+        print(f"    to get it: {r['hint']}")
 
 
 # ---------------------------------------------------------------- verify
@@ -159,7 +196,7 @@ def _verify(args: argparse.Namespace) -> int:
     for entry in _selected(catalog, args.names):
         found = catalog.installed(entry)
         if args.names and entry.files and not found:
-            problems.append(f"{entry.name}: not installed; run `edged models fetch {entry.name}`")
+            problems.append(f"{entry.name}: not installed; {entry.obtain_hint()}")
         for file in entry.files:
             if file.path not in found:
                 continue

@@ -172,7 +172,7 @@ def _installed(entry: ModelEntry, catalog: Catalog) -> dict[str, Path]:
     dirs = ", ".join(str(d) for d in catalog.search_path) or "(no model_dirs configured)"
     raise ModelNotFound(
         f"{entry.name}: none of its files ({', '.join(f.path for f in entry.files)}) is in "
-        f"the model dirs {dirs}; run `edged models fetch {entry.name}` or add a dir to model_dirs"
+        f"the model dirs {dirs}; {entry.obtain_hint()}, or add a dir to model_dirs"
     )
 
 

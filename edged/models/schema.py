@@ -110,11 +110,20 @@ class ModelFile(StrictModel):
 class Recipe(StrictModel):
     """How a user makes a model's files when no download has the catalogue's bytes."""
 
-    command: str = Field(description="The command to run (on a workstation), one line.")
-    upstream: list[str] = Field(
-        default_factory=list, description="The upstream files or repos (pinned) the command reads."
+    command: str | None = Field(
+        default=None, description="The one command to run (on a workstation), if there is one."
     )
-    note: str = Field(default="", description="Caveats, where the pins came from.")
+    steps: str = Field(default="", description="What to do when no single command does it.")
+    upstream: list[str] = Field(
+        default_factory=list, description="The upstream files or repos (pinned) it reads."
+    )
+    note: str = Field(default="", description="Caveats; where the pins came from.")
+
+    @model_validator(mode="after")
+    def _says_something(self) -> Recipe:
+        if not (self.command or self.steps):
+            raise ValueError("a recipe needs a command or steps")
+        return self
 
 
 class InputSpec(StrictModel):
@@ -182,15 +191,18 @@ class ModelEntry(StrictModel):
         """The command that gets this model's files, for "not installed" errors."""
         if self.fetchable:
             return f"run `edged models fetch {self.name}`"
+        first = self.files[0].path if self.files else self.name
+        add = f"`edged models add {first} --task {self.task} --family {self.family}`"
         if self.recipe is not None:
             needs = f" (needs {', '.join(self.recipe.upstream)})" if self.recipe.upstream else ""
-            return f"make it with `{self.recipe.command}`{needs}, then put it in a model dir"
+            how = (
+                f"make it with `{self.recipe.command}`"
+                if self.recipe.command
+                else f"convert it yourself: {self.recipe.steps}"
+            )
+            return f"{how}{needs}, then {add}"
         where = f" from {self.homepage}" if self.homepage else ""
-        first = self.files[0].path if self.files else self.name
-        return (
-            f"obtain {first}{where}, then `edged models add {first} "
-            f"--task {self.task} --family {self.family}`"
-        )
+        return f"obtain {first}{where}, then {add}"
 
     def total_size(self) -> int:
         """Bytes of all listed files (the ones whose size is known)."""

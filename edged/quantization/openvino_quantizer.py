@@ -70,7 +70,7 @@ def fp32_source(entry: ModelEntry, catalog: Catalog) -> Path:
     have = ", ".join(f"{f.path} ({f.format}/{f.precision})" for f in entry.files) or "no files"
     raise ModelNotFound(
         f"{entry.name} has no installed fp32 {' or '.join(SOURCE_FORMATS)} file for OpenVINO "
-        f"to quantize (has {have}); run `edged models fetch {entry.name}`"
+        f"to quantize (has {have}); {entry.obtain_hint()}"
     )
 
 

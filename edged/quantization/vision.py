@@ -85,7 +85,7 @@ def fp32_onnx(entry: ModelEntry, catalog: Catalog) -> tuple[ModelFile, Path]:
     have = ", ".join(f"{f.path} ({f.format}/{f.precision})" for f in entry.files) or "no files"
     raise ModelNotFound(
         f"{entry.name} has no installed fp32 ONNX file to quantize (has {have}); "
-        f"run `edged models fetch {entry.name}` or pass an .onnx path; models OpenVINO reads "
+        f"{entry.obtain_hint()}, or pass an .onnx path; models OpenVINO reads "
         "(TFLite) quantize with --format openvino"
     )
 
