@@ -194,6 +194,15 @@ class GenerationSettings(StrictModel):
     residency: Literal["auto", "resident", "staged"] = Field(
         default="auto", description="Keep components together or load them one at a time."
     )
+    lora_max_bytes: ByteSize = Field(
+        default=512_000_000, gt=0, description="Largest LoRA file read (bigger: too_large)."
+    )
+    lora_cache_entries: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Merged LoRA UNets kept under {cache_dir}/lora (least recently used go).",
+    )
 
 
 class QuantizationSettings(StrictModel):

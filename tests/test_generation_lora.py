@@ -136,8 +136,9 @@ def test_bad_adapters_are_clear_errors(engine: Engine, sd: Path, tmp_path: Path)
         image(engine, sd, lora="nope")
     with pytest.raises(BadRequest, match="lora_scale"):
         image(engine, sd, lora="style", lora_scale="x")
+    # Adapters are confined to <model dir>/loras and model_dirs: the bad ones live there too.
     stray = write_safetensors(
-        tmp_path / "stray.safetensors",
+        sd / "loras" / "stray.safetensors",
         {
             "unet.down_blocks.9.to_k.lora_A.weight": np.zeros((2, 64), np.float32),
             "unet.down_blocks.9.to_k.lora_B.weight": np.zeros((64, 2), np.float32),
@@ -145,9 +146,9 @@ def test_bad_adapters_are_clear_errors(engine: Engine, sd: Path, tmp_path: Path)
     )
     with pytest.raises(BadRequest, match="not found"):
         image(engine, sd, lora=str(stray))
-    (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00")
+    (sd / "loras" / "junk.safetensors").write_bytes(b"\x05\x00")
     with pytest.raises(BadRequest, match="safetensors"):
-        image(engine, sd, lora=str(tmp_path / "junk.safetensors"))
+        image(engine, sd, lora="junk")
     quant = tmp_path / "quant"
     shutil.copytree(sd, quant)
     unet = quant / "unet" / "model.onnx"

@@ -242,7 +242,7 @@ def test_sigterm_answers_a_job_that_outlives_the_drain_and_exits_0(
                         "superres",
                         portrait(shared_images, 320),
                         model="realesrgan-x4plus",
-                        params={"tile": 0},
+                        params={"tile": 4096},  # one window: untiled
                     )
                 )
             except EdgedError as exc:

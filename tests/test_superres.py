@@ -41,9 +41,9 @@ def test_espcn_set5_matches_readme_at_every_tile_size(
         ]
     )
     assert bicubic == pytest.approx(README_PSNR[scale][1], abs=0.05)
-    # 0 = untiled; 45 leaves odd-sized cores and edge tiles. ESPCN's receptive-field radius
-    # is 4 LR pixels, so a halo of 6 keeps tiled == untiled.
-    for tile in (0, 96, 45):
+    # 4096 = one window (requests cannot ask for untiled); 45 leaves odd-sized cores and edge
+    # tiles. ESPCN's receptive-field radius is 4 LR pixels, so a halo of 6 keeps tiled == untiled.
+    for tile in (4096, 96, 45):
         psnr = set5_score(shared_engine, f"espcn_x{scale}", pairs, scale, tile=tile, halo=6)
         assert psnr == pytest.approx(README_PSNR[scale][0], abs=0.05), f"tile {tile}"
 
@@ -51,9 +51,9 @@ def test_espcn_set5_matches_readme_at_every_tile_size(
 @pytest.mark.parametrize(
     ("model", "tile", "halo"),
     [
-        ("espcn_x2", 24, 6),
-        ("espcn_x3", 30, 6),
-        ("espcn_x4", 20, 6),
+        ("espcn_x2", 32, 6),
+        ("espcn_x3", 34, 6),
+        ("espcn_x4", 32, 8),
         ("realesr-animevideov3-x4", 56, 20),
     ],
 )
@@ -75,7 +75,7 @@ def test_tiled_equals_untiled_on_real_models(
     assert float(np.abs(tiled - full).max()) < 1e-3
     # And through the task: the uint8 images agree exactly.
     untiled = shared_engine.run(
-        TaskRequest(task="superres", model=model, image=crop, params={"tile": 0})
+        TaskRequest(task="superres", model=model, image=crop, params={"tile": 4096})
     )
     tiled_img = shared_engine.run(
         TaskRequest(task="superres", model=model, image=crop, params={"tile": tile, "halo": halo})
@@ -149,7 +149,7 @@ def test_budget_sizes_tiles_of_dynamic_models(tmp_path: Path) -> None:
                 "sr-rgb",
                 2,
                 input={"layout": "NCHW"},
-                params={"activation_bytes_per_px": 4_000_000},
+                params={"activation_bytes_per_px": 100_000},  # 61 px tiles in 375 MB
             )
         ],
     )

@@ -31,6 +31,8 @@ class TaskRequest:
     params: dict[str, Any] = field(default_factory=dict)
     backend: str | None = None
     """Force one backend (``onnx:cpu``) instead of the profile's chain."""
+    typed_params: Any = field(default=None, repr=False, compare=False)
+    """``params`` as the task's ``edged.tasks.params`` model, set by ``run_task``."""
 
 
 @dataclass

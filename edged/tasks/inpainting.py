@@ -39,6 +39,7 @@ from edged.errors import BadRequest, Cancelled, ConfigError, ModelNotFound
 from edged.models.schema import ModelEntry
 from edged.runtime.base import Array, Feeds, Session
 from edged.tasks.base import Image, ProgressFn, TaskRequest, TaskResult
+from edged.tasks.params import InpaintingParams, params_of
 
 if TYPE_CHECKING:
     from edged.engine import Engine
@@ -263,22 +264,24 @@ def _entry(engine: Engine, name: str) -> ModelEntry:
     return entry
 
 
-def _number(params: dict[str, Any], key: str, default: float) -> float:
-    """A numeric request parameter; anything else (null, text, lists) is the client's error."""
-    value = params.get(key, default)
+def _setting(entry: ModelEntry, requested: float | None, key: str, default: float) -> float:
+    """The request's (validated) value, else the catalogue entry's, else ``default``."""
+    if requested is not None:
+        return requested
+    value = entry.params.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadRequest(f"params.{key} must be a finite number, got {value!r}")
+        raise ConfigError(f"model {entry.name!r}: params.{key} must be a finite number")
     return float(value)
 
 
-def inpaint_opencv(image: Image, hole: BoolMask, params: dict[str, Any]) -> Image:
-    method = str(params.get("method", "telea")).lower()
+def inpaint_opencv(
+    image: Image, hole: BoolMask, params: InpaintingParams, entry: ModelEntry
+) -> Image:
+    method = params.method or str(entry.params.get("method", "telea")).lower()
     flags = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
     if method not in flags:
-        raise BadRequest(f"opencv inpainting method {method!r}: one of telea, ns")
-    radius = _number(params, "radius", 3)
-    if not 0 < radius <= 64:
-        raise BadRequest(f"inpainting radius {radius}: use 1..64 pixels")
+        raise ConfigError(f"model {entry.name!r}: method {method!r} is not one of telea, ns")
+    radius = _setting(entry, params.radius, "radius", 3)
     filled = cv2.inpaint(image, hole.astype(np.uint8) * 255, radius, flags[method])
     out = image.copy()
     out[hole] = filled[hole]
@@ -290,8 +293,9 @@ def inpaint_learned(
     io: ModelIO,
     image: Image,
     hole: BoolMask,
-    params: dict[str, Any],
+    params: InpaintingParams,
     *,
+    entry: ModelEntry,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple[Image, list[Window]]:
@@ -301,10 +305,10 @@ def inpaint_learned(
     )
     labels = np.asarray(found, dtype=np.int32)
     stats = np.asarray(found_stats, dtype=np.int32)
-    context = _number(params, "context", DEFAULT_CONTEXT)
-    min_side = int(_number(params, "min_window", min(io.size)))
+    context = _setting(entry, params.context, "context", DEFAULT_CONTEXT)
+    min_side = int(_setting(entry, params.min_window, "min_window", min(io.size)))
     if not context >= 0 or min_side < 1:
-        raise BadRequest("params.context must be >= 0 and params.min_window >= 1")
+        raise ConfigError(f"model {entry.name!r}: context must be >= 0 and min_window >= 1")
     windows = plan_windows(labels, count, stats, context=context, min_side=min_side)
     out = image.copy()
     for index, win in enumerate(windows):
@@ -333,6 +337,7 @@ def run(
         raise BadRequest("inpainting needs an image and a mask (--mask, white = hole)")
     image = imaging.as_rgb(request.image)
     hole = imaging.check_mask(request.mask, image.shape) > 127
+    params = params_of(request, InpaintingParams)
     name = request.model or engine.default_model("inpainting")
     entry = _entry(engine, name)
     meta: dict[str, Any] = {
@@ -346,15 +351,21 @@ def run(
     if not hole.any():
         out = image.copy()
     elif entry.family == "opencv":
-        out = inpaint_opencv(image, hole, {**entry.params, **request.params})
+        out = inpaint_opencv(image, hole, params, entry)
     else:
         with engine.acquire(name, backend=request.backend) as loaded:
             t1 = time.perf_counter()  # model acquire counts as "pre"
             session = _TimedSession(loaded.session)
             io = model_io(loaded.entry, session)
-            params = {**entry.params, **request.params}
             out, windows = inpaint_learned(
-                session, io, image, hole, params, progress=progress, cancel=cancel
+                session,
+                io,
+                image,
+                hole,
+                params,
+                entry=loaded.entry,
+                progress=progress,
+                cancel=cancel,
             )
             backend, run_ms = loaded.backend, session.ms
         meta["windows"] = [[w.box[1], w.box[0], w.box[3], w.box[2]] for w in windows]

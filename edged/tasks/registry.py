@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from edged.errors import BadRequest
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+from edged.tasks.params import validate_params
 
 if TYPE_CHECKING:
     from edged.engine import Engine
@@ -34,6 +35,8 @@ def run_task(
     module_name = TASK_MODULES.get(request.task)
     if module_name is None:
         raise BadRequest(f"unknown task {request.task!r}; one of {', '.join(TASK_MODULES)}")
+    # Validated once, here, where every request enters (CLI, daemon, inbox, streams).
+    request.typed_params = validate_params(request.task, request.params)
     module = importlib.import_module(module_name)
     result: TaskResult = module.run(engine, request, progress=progress, cancel=cancel)
     return result

@@ -12,8 +12,6 @@ The frame is stretched to the model input and scaled to the entry's input range
 
 from __future__ import annotations
 
-from typing import Any
-
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +21,7 @@ from edged.errors import BadRequest
 from edged.imaging import resize, resize_float
 from edged.models.schema import ModelEntry
 from edged.tasks.base import TaskRequest
+from edged.tasks.params import SegmentationParams, params_of
 from edged.tasks.seg_common import (
     Image,
     SegOutput,
@@ -35,14 +34,15 @@ from edged.tasks.seg_common import (
 )
 
 
-def select_classes(params: dict[str, Any], labels: list[str], default: int) -> list[int]:
-    """``params["classes"]`` as names or indices (list or comma string) -> class indices."""
-    value = params.get("classes")
+def select_classes(params: SegmentationParams, labels: list[str], default: int) -> list[int]:
+    """``params.classes`` as names or indices (list or comma string) -> class indices."""
+    value = params.classes
     if value is None:
         return [default]
+    items: list[str | int]
     if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, list | tuple):
+        items = list(value.split(","))
+    elif isinstance(value, list):
         items = list(value)
     else:  # a single index, e.g. --param classes=15
         items = [value]
@@ -76,7 +76,9 @@ def segment(
     engine: Engine, entry: ModelEntry, request: TaskRequest, image: Image, timer: Timer
 ) -> SegOutput:
     labels = [str(x) for x in entry.params.get("labels", [str(i) for i in range(21)])]
-    chosen = select_classes(request.params, labels, int(entry.params.get("person", 15)))
+    chosen = select_classes(
+        params_of(request, SegmentationParams), labels, int(entry.params.get("person", 15))
+    )
     shape = (image.shape[0], image.shape[1])
     with engine.acquire(entry.name, backend=request.backend) as loaded:
         session = loaded.session

@@ -24,6 +24,7 @@ from edged.errors import BadRequest, ModelLoadError
 from edged.imaging import Letterbox, letterbox
 from edged.models.schema import ModelEntry
 from edged.tasks.base import TaskRequest
+from edged.tasks.params import SegmentationParams, params_of
 from edged.tasks.seg_common import Image, SegOutput, Timer, fixed_hw, input_spec
 
 F32 = npt.NDArray[np.float32]
@@ -104,13 +105,14 @@ def instance_mask(
     return mask
 
 
-def _classes(params: dict[str, Any]) -> list[int] | None:
-    value = params.get("classes")
+def _classes(params: SegmentationParams) -> list[int] | None:
+    value = params.classes
     if value is None:
         return None
+    items: list[str | int]
     if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, list | tuple):
+        items = list(value.split(","))
+    elif isinstance(value, list):
         items = list(value)
     else:  # a single index, e.g. --param classes=15
         items = [value]
@@ -118,13 +120,6 @@ def _classes(params: dict[str, Any]) -> list[int] | None:
         return [int(v) for v in items]
     except (TypeError, ValueError):
         raise BadRequest(f"classes={value!r}: give class indices, e.g. 0,2") from None
-
-
-def _num(params: dict[str, Any], key: str, default: float) -> float:
-    try:
-        return float(params.get(key, default))
-    except (TypeError, ValueError):
-        raise BadRequest(f"param {key}={params.get(key)!r} is not a number") from None
 
 
 def segment(
@@ -146,7 +141,8 @@ def segment(
             out = session.run({spec.name: tensor})
         backend = loaded.backend
     with timer("post"):
-        outputs = _postprocess(entry, request.params, out, lb, shape=shape, input_w=canvas.shape[1])
+        params = params_of(request, SegmentationParams)
+        outputs = _postprocess(entry, params, out, lb, shape=shape, input_w=canvas.shape[1])
         masks = outputs["masks"]
         union = masks.max(axis=0) if len(masks) else np.zeros(shape, np.uint8)
     meta = {
@@ -166,7 +162,7 @@ def segment(
 
 def _postprocess(
     entry: ModelEntry,
-    params: dict[str, Any],
+    params: SegmentationParams,
     out: dict[str, Any],
     lb: Letterbox,
     *,
@@ -181,9 +177,9 @@ def _postprocess(
     boxes, scores, class_ids, coeffs = decode(
         pred,
         int(entry.params.get("classes", 80)),
-        conf=_num(params, "conf", 0.25),
-        iou=_num(params, "iou", 0.7),
-        max_det=int(_num(params, "max_det", 100)),
+        conf=params.conf,
+        iou=params.iou,
+        max_det=params.max_det,
         classes=_classes(params),
     )
     frame_boxes = _to_frame(boxes, lb, shape)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edged import imaging
 from edged.errors import BadRequest, ConfigError
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
+from edged.tasks.params import SegmentationParams, params_of
 from edged.tasks.seg_common import Image, SegOutput, Timer
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ FAMILIES = {
     "yolov8-seg": "edged.tasks.seg_yolo",
 }
 OUTPUTS = ("mask", "cutout", "overlay", "blur", "replace")
+GREEN = (0, 255, 0)
 
 
 def run(
@@ -60,9 +62,8 @@ def run(
         )
     if request.image is None:
         raise BadRequest("segmentation needs an image")
-    kind = str(request.params.get("output", "mask"))
-    if kind not in OUTPUTS:
-        raise BadRequest(f"output {kind!r}: one of {', '.join(OUTPUTS)}")
+    params = params_of(request, SegmentationParams)
+    kind = params.output
     image = imaging.as_rgb(request.image)
     if progress is not None:
         progress(0, 1, f"segmenting with {name}")
@@ -72,7 +73,7 @@ def run(
     with timer("post"):
         outputs = {"mask": result.mask, **result.outputs}
         if kind != "mask":
-            outputs[kind] = compose(kind, image, result.mask, request.params)
+            outputs[kind] = compose(kind, image, result.mask, params)
     if progress is not None:
         progress(1, 1, "done")
     return TaskResult(
@@ -90,26 +91,15 @@ def run(
     )
 
 
-def _float(params: dict[str, Any], key: str, default: float) -> float:
-    try:
-        return float(params.get(key, default))
-    except (TypeError, ValueError):
-        raise BadRequest(f"param {key}={params.get(key)!r} is not a number") from None
-
-
-def compose(kind: str, image: Image, mask: Image, params: dict[str, Any]) -> Image:
+def compose(kind: str, image: Image, mask: Image, params: SegmentationParams) -> Image:
     """The composite ``kind`` of ``image`` and ``mask`` (see the module docstring)."""
     if kind == "cutout":
         return imaging.cutout(image, mask)
     if kind == "overlay":
-        color = imaging.parse_color(params.get("color"), (0, 255, 0))
-        opacity = min(max(_float(params, "opacity", 0.5), 0.0), 1.0)
-        return imaging.overlay(image, mask, color, opacity)
+        return imaging.overlay(image, mask, params.color or GREEN, params.opacity)
     if kind == "blur":
-        radius = _float(params, "radius", max(image.shape[:2]) / 40)
+        radius = params.radius if params.radius is not None else max(image.shape[:2]) / 40
         return imaging.blur_background(image, mask, int(min(max(radius, 3), 201)))
     if kind == "replace":
-        return imaging.replace_background(
-            image, mask, imaging.parse_color(params.get("background"), (0, 255, 0))
-        )
+        return imaging.replace_background(image, mask, params.background or GREEN)
     return np.asarray(mask)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,7 @@ import numpy.typing as npt
 from edged.errors import BadRequest, ModelNotFound
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
 from edged.tasks.generation import sdxl
-from edged.tasks.generation.lora import from_params as lora_from_params
+from edged.tasks.generation.lora import choose as lora_choice
 from edged.tasks.generation.parts import wants_parts
 from edged.tasks.generation.pipeline import (
     EmbedFn,
@@ -32,12 +32,13 @@ from edged.tasks.generation.pipeline import (
 )
 from edged.tasks.generation.staged import Residency, embedding_cache
 from edged.tasks.generation.tokenizer import ClipTokenizer
+from edged.tasks.params import GenerationParams, params_of
 
 if TYPE_CHECKING:
     from edged.engine import Engine
+    from edged.models.schema import ModelEntry
 
 __all__ = ["encode_text", "resolve_model_dir", "run"]
-_INT_PARAMS = ("steps", "seed", "width", "height")
 
 
 def resolve_model_dir(engine: Engine | None, name: str | None) -> Path:
@@ -47,6 +48,7 @@ def resolve_model_dir(engine: Engine | None, name: str | None) -> Path:
     path = Path(name)
     if path.is_dir():
         return path
+    entry: ModelEntry | None = None
     if engine is not None:
         try:
             entry = engine.catalog.get(name)
@@ -59,8 +61,9 @@ def resolve_model_dir(engine: Engine | None, name: str | None) -> Path:
         for directory in engine.settings.model_search_path:
             if (directory / name / "text_encoder").is_dir() or (directory / name / "unet").is_dir():
                 return directory / name
+    hint = f"; {entry.obtain_hint()}" if entry is not None and entry.files else ""
     raise ModelNotFound(
-        f"generation model {name!r} not found: give a model dir or add it to model_dirs"
+        f"generation model {name!r} not found: give a model dir or add it to model_dirs{hint}"
     )
 
 
@@ -133,27 +136,21 @@ def encode_text(engine: Engine | None, prompt: str, model_dir: Path) -> npt.NDAr
     return embedding_cache(str(path)).get_or_compute(prompt, local_embedder(model_dir, residency))
 
 
-def _params(model: ModelDir, request: TaskRequest) -> GenParams:
-    raw: dict[str, Any] = dict(request.params)
-    scheduler = str(raw.get("scheduler", "auto"))
+def _params(model: ModelDir, request: TaskRequest, typed: GenerationParams) -> GenParams:
     # LCM sampling of a non-LCM dir is LCM-LoRA's use: its usual 4 steps, no guidance.
-    steps, guidance = (4, 1.0) if scheduler == "lcm" else model.defaults()
-    try:
-        ints = {k: int(raw[k]) for k in _INT_PARAMS if k in raw}
-        return GenParams(
-            prompt=request.prompt or str(raw.get("prompt", "")),
-            negative_prompt=str(raw.get("negative_prompt", "")),
-            steps=ints.get("steps", steps),
-            guidance_scale=float(raw.get("guidance_scale", guidance)),
-            seed=ints.get("seed", 0),
-            width=ints.get("width", 512),
-            height=ints.get("height", 512),
-            decoder=str(raw.get("decoder", "vae")),
-            decoder_tile=int(raw["decoder_tile"]) if "decoder_tile" in raw else None,
-            scheduler=scheduler,
-        )
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(f"generation params: {exc}") from exc
+    steps, guidance = (4, 1.0) if typed.scheduler == "lcm" else model.defaults()
+    return GenParams(
+        prompt=request.prompt or typed.prompt or "",
+        negative_prompt=typed.negative_prompt,
+        steps=typed.steps if typed.steps is not None else steps,
+        guidance_scale=typed.guidance_scale if typed.guidance_scale is not None else guidance,
+        seed=typed.seed,
+        width=typed.width,
+        height=typed.height,
+        decoder=typed.decoder,
+        decoder_tile=typed.decoder_tile,
+        scheduler=typed.scheduler,
+    )
 
 
 def run(
@@ -164,15 +161,16 @@ def run(
     cancel: threading.Event | None = None,
 ) -> TaskResult:
     start = time.perf_counter()
-    root = resolve_model_dir(engine, request.params.get("model_dir") or request.model)
+    typed = params_of(request, GenerationParams)
+    root = resolve_model_dir(engine, typed.model_dir or request.model)
     model = ModelDir.load(root)
-    params = _params(model, request)
+    params = _params(model, request, typed)
     settings = engine.settings.generation
-    strategy = str(request.params.get("residency", settings.residency))
+    strategy = typed.residency or settings.residency
     residency = _residency(
         engine, model, strategy, params.decoder, pixels=params.width * params.height
     )
-    residency.lora = lora_from_params(root, dict(request.params))
+    residency.lora = lora_choice(engine, root, typed.lora, typed.lora_scale)
     remote = settings.text_encoder
     embed: EmbedFn
     if remote:
@@ -203,8 +201,8 @@ def run(
         "scheduler": scheduler_config(model, params).kind,
         "residency": residency.strategy,
         "unet_parts": len(parts.parts) if parts is not None else 0,
-        "lora": residency.lora[0].path.name if residency.lora else None,
-        "lora_scale": residency.lora[1] if residency.lora else None,
+        "lora": residency.lora.adapter.path.name if residency.lora else None,
+        "lora_scale": residency.lora.scale if residency.lora else None,
         "decoder": params.decoder,
         "decoder_tile": params.decoder_tile,
         "text_encoder": "remote" if remote else "local",

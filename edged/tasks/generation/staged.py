@@ -33,7 +33,7 @@ from edged.schema import format_bytes
 
 if TYPE_CHECKING:
     from edged.engine import Engine
-    from edged.tasks.generation.lora import Adapter
+    from edged.tasks.generation.lora import LoraChoice
 
 log = get_logger("generation.staged")
 F32 = npt.NDArray[np.float32]
@@ -159,8 +159,8 @@ class Residency:
             else _NO_ENGINE_STORE
         )
         self._used: dict[str, str] = {}
-        self.lora: tuple[Adapter, float] | None = None
-        """(adapter, scale) merged into UNet weights at load; set per request."""
+        self.lora: LoraChoice | None = None
+        """The adapter and scale merged into UNet weights at load; set per request."""
 
     def _resolve(self, strategy: str, components: dict[str, Path]) -> str:
         if strategy != "auto":
@@ -174,8 +174,7 @@ class Residency:
     def key(self, component: str, path: Path) -> str:
         key = f"generation:{self.root}:{component}:{path}"
         if self.lora is not None and component.startswith("unet"):
-            adapter, scale = self.lora
-            key += f":lora={adapter.sha256[:16]}@{scale:g}"
+            key += f":lora={self.lora.adapter.sha256[:16]}@{self.lora.scale!r}"
         return key
 
     def _open(self, path: Path, component: str = "") -> Session:
@@ -184,10 +183,7 @@ class Residency:
         # of being copied (docs/generation.md has the measurement).
         config = config_for("onnx:cpu", threads=self.threads).model_copy(update={"prepack": False})
         if self.lora is not None and component.startswith("unet"):
-            from edged.tasks.generation.lora import merged_model
-
-            adapter, scale = self.lora
-            path = merged_model(path, self.root / "unet" / "model.onnx", adapter, scale)
+            path = self.lora.sidecar(path, self.root / "unet" / "model.onnx")
         return open_session(config, path, warmup=False)
 
     @contextmanager

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from edged.errors import BadRequest
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
 from edged.tasks.generation import encode_text, resolve_model_dir
+from edged.tasks.params import TextEncodeParams, params_of
 
 if TYPE_CHECKING:
     from edged.engine import Engine
@@ -28,7 +29,8 @@ def run(
     if not request.prompt:
         raise BadRequest("text_encode needs a prompt")
     start = time.perf_counter()
-    root = resolve_model_dir(engine, request.params.get("model_dir") or request.model)
+    typed = params_of(request, TextEncodeParams)
+    root = resolve_model_dir(engine, typed.model_dir or request.model)
     embeddings = encode_text(engine, request.prompt, root)
     ms = (time.perf_counter() - start) * 1000
     return TaskResult(
