@@ -28,6 +28,7 @@ from edged.runtime.base import Session
 
 if TYPE_CHECKING:
     from edged.engine import Engine
+    from edged.models.schema import ModelEntry
 
 F32 = npt.NDArray[np.float32]
 
@@ -113,6 +114,7 @@ def _existing(path: Path) -> Path:
 
 def _locate(engine: Engine | None, stem: str) -> Path:
     """A shared decoder through the catalogue when it knows it, else on the model search path."""
+    entry: ModelEntry | None = None
     if engine is not None:
         try:
             entry = engine.catalog.get(stem)
@@ -125,7 +127,8 @@ def _locate(engine: Engine | None, stem: str) -> Path:
         for directory in engine.settings.model_search_path:
             if (directory / f"{stem}.onnx").is_file():
                 return directory / f"{stem}.onnx"
-    raise ModelNotFound(f"decoder {stem}: not found; add {stem}.onnx to a model_dirs entry")
+    hint = f"; {entry.obtain_hint()}" if entry is not None and entry.files else ""
+    raise ModelNotFound(f"decoder {stem}: not found; add {stem}.onnx to a model_dirs entry{hint}")
 
 
 def decode(session: Session, family: DecoderFamily, latents: F32, scaling: float) -> F32:
