@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import structlog
 
 from edged.cli import main
+from edged.cli.infer_cmd import summary
 from edged.runtime.base import file_sha256
 from edged.testing import make_sam_decoder, make_sam_encoder, write_manifest
 
@@ -151,3 +154,45 @@ def test_jpeg_output(shared_models: Path, shared_images: Path, tmp_path: Path) -
     )  # fmt: skip
     assert _json_line(proc)["output_shape"] == [512, 512, 3]
     assert out.read_bytes()[:2] == b"\xff\xd8"
+
+
+def test_one_shot_stderr_is_quiet_and_without_colours_in_a_pipe(
+    shared_models: Path, shared_images: Path, tmp_path: Path
+) -> None:
+    args = [
+        "infer", "segmentation", "--model", "selfie_segmentation",
+        "--input", shared_images / "portraits" / "zidane.jpg", "--output", tmp_path / "m.png",
+        "--model-dir", shared_models,
+    ]  # fmt: skip
+    quiet = edged(*args)
+    _json_line(quiet)
+    # No log lines below warning, and not LiteRT's "INFO: Created ... XNNPACK delegate" either.
+    assert quiet.stderr == ""
+    # Asked for: info logs as console lines, but a pipe gets no ANSI colour codes.
+    env = {**os.environ, "EDGED_LOG_FORMAT": "console"}
+    chatty = subprocess.run(
+        [sys.executable, "-m", "edged", *map(str, args), "--log-level", "info"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert chatty.returncode == 0, chatty.stderr
+    assert "model_loaded" in chatty.stderr
+    assert "\x1b[" not in chatty.stderr
+
+
+def test_in_process_cli_calls_leave_logging_as_they_found_it(tmp_path: Path) -> None:
+    before = structlog.get_config()
+    assert main(["profile", "--json", "--log-level", "error"]) == 0
+    assert main(["config", "show", "--log-level", "debug"]) == 0
+    assert structlog.get_config() == before
+
+
+def test_terminal_summary_is_one_readable_line() -> None:
+    line = {
+        "task": "segmentation", "model": "selfie", "backend": "litert:xnnpack",
+        "input_shape": [720, 1280, 3], "output_shape": [720, 1280],
+        "latency_ms": {"pre": 1.25, "run": 5.0, "post": 11.5, "total": 70.9},
+    }  # fmt: skip
+    assert summary(line, Path("m.png")) == (
+        "segmentation: selfie on litert:xnnpack, 720x1280x3 -> 720x1280 in 70.9 ms "
+        "(pre 1.2, run 5.0, post 11.5); wrote m.png"
+    )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from edged import __version__
 from edged.errors import EdgedError
+from edged.log import logging_scope
 
 # Explicit list: a sub-command that fails to import is a bug we want to see, not skip.
 SUBCOMMANDS = ("run", "profile", "models", "infer", "bench", "client", "config", "demo")
@@ -36,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.handler(args)
+        # In-process callers (tests, `edged bench`) must find logging as they left it.
+        with logging_scope():
+            code: int = args.handler(args)
     except EdgedError as exc:
         first, *rest = str(exc).splitlines() or [type(exc).__name__]
         print(f"edged: error: {first}", file=sys.stderr)

@@ -12,10 +12,23 @@ from edged.config import QuantizationSettings, Settings, load_settings
 from edged.log import configure_logging
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
-    """``--config`` and ``--log-level`` on every sub-command (CLI flags beat env and file)."""
+def add_common(parser: argparse.ArgumentParser, *, one_shot: bool = False) -> None:
+    """``--config`` and ``--log-level`` on every sub-command (CLI flags beat env and file).
+
+    ``one_shot`` commands (``infer``, ``models``, ``demo``...) print a human summary: their
+    logs are warnings and errors only, as console lines, unless ``--log-level`` asks for more
+    (the daemon's ``log_level`` setting is for the daemon).
+    """
     parser.add_argument("--config", type=Path, default=None, help="TOML config file")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=None,
+        help="default: warning for one-shot commands, else the log_level setting"
+        if one_shot
+        else None,
+    )
+    parser.set_defaults(one_shot=one_shot)
 
 
 GATE_FLAGS = {
@@ -61,7 +74,11 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     if getattr(args, "log_level", None):
         flags["log_level"] = args.log_level
     settings = load_settings(getattr(args, "config", None), flags)
-    configure_logging(settings.log_level, settings.log_format)
+    if getattr(args, "one_shot", False):
+        level = getattr(args, "log_level", None) or "warning"
+        configure_logging(level, settings.log_format, auto_console=True)
+    else:
+        configure_logging(settings.log_level, settings.log_format)
     return settings
 
 

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "writes the results as PNGs into --output."
         ),
     )
-    add_common(parser)
+    add_common(parser, one_shot=True)
     parser.add_argument("--output", type=Path, default=Path("demo-out"), help="result dir")
     parser.set_defaults(handler=_handler)
 

@@ -4,8 +4,8 @@
     edged infer segmentation --model mobilesam --input a.jpg --output m.png --points 120,80
     edged infer superres --input small.png --output big.png --param tile=256
 
-Prints one JSON line: task, model, backend, input_shape, output_shape, latency_ms
-(pre/run/post/total); ``--json`` adds the task's ``meta`` and every output's shape. Writes
+Prints one line: on a terminal a readable summary, else (or with ``--json``) JSON with task,
+model, backend, input_shape, output_shape, latency_ms (pre/run/post/total); ``--json`` adds the task's ``meta`` and every output's shape. Writes
 the task's primary output (``meta["primary"]``, else ``image``, else the first) to
 ``--output`` as PNG or JPEG by extension.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from edged.tasks.registry import TASK_MODULES
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("infer", help="run one job on an image file and save the result")
-    add_common(parser)
+    add_common(parser, one_shot=True)
     parser.add_argument("task", choices=list(TASK_MODULES), help="which task")
     parser.add_argument("--model", default=None, help="catalogue name (default: the task's)")
     parser.add_argument("--input", type=Path, default=None, help="input image (PNG/JPEG)")
@@ -161,5 +162,23 @@ def _handler(args: argparse.Namespace) -> int:
     if args.json:
         line["meta"] = result.meta
         line["outputs"] = {k: list(np.shape(v)) for k, v in result.outputs.items()}
-    print_json(line)
+    if args.json or not sys.stdout.isatty():
+        print_json(line)
+    else:
+        print(summary(line, args.output))
     return 0
+
+
+def summary(line: dict[str, Any], output: Path) -> str:
+    """The human form of the result line (a terminal; pipes get the JSON line)."""
+
+    def shape(dims: list[int] | None) -> str:
+        return "x".join(map(str, dims)) if dims else "-"
+
+    ms = line["latency_ms"]
+    parts = ", ".join(f"{k} {ms[k]:.1f}" for k in ("pre", "run", "post") if ms.get(k) is not None)
+    return (
+        f"{line['task']}: {line['model']} on {line['backend']}, "
+        f"{shape(line['input_shape'])} -> {shape(line['output_shape'])} in "
+        f"{ms['total']:.1f} ms ({parts}); wrote {output}"
+    )

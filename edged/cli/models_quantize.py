@@ -27,7 +27,7 @@ def register_quantize(actions: argparse._SubParsersAction[argparse.ArgumentParse
     p = actions.add_parser(
         "quantize", help="int8 / 4-bit quantize an ONNX model or a generation model dir's UNet"
     )
-    add_common(p)
+    add_common(p, one_shot=True)
     p.add_argument(
         "src",
         type=Path,

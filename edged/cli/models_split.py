@@ -19,7 +19,7 @@ def register_split(actions: argparse._SubParsersAction[argparse.ArgumentParser])
     p = actions.add_parser(
         "split", help="cut an ONNX model (a generation dir's UNet) into parts run one at a time"
     )
-    add_common(p)
+    add_common(p, one_shot=True)
     p.add_argument("src", type=Path, metavar="SRC", help=".onnx file or diffusers ONNX model dir")
     p.add_argument("--parts", type=int, default=4, help="number of parts (default 4)")
     p.add_argument("--out", type=Path, default=None, help="default: parts/ beside the model")

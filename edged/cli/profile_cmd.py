@@ -11,7 +11,7 @@ from edged.profiles import choose, describe
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("profile", help="probe the board and explain the chosen profile")
-    add_common(parser)
+    add_common(parser, one_shot=True)
     parser.add_argument(
         "--sysroot", type=Path, default=Path("/"), help="probe this root instead of / (fake trees)"
     )

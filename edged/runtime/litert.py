@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from edged.errors import BackendUnavailable, EdgedError, ModelLoadError
+from edged.log import native_info_filtered
 from edged.runtime.base import Array, BackendSpec, Feeds, TensorSpec, check_feeds, one_line
 from edged.schema import StrictModel
 
@@ -74,9 +75,12 @@ class LiteRTSession:
                 )
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self._it = interpreter_cls(**kwargs)
-            # Custom ops and delegate support are checked here, not at the first invoke.
-            self._it.allocate_tensors()
+            # The XNNPACK delegate announces itself on stderr ("INFO: Created TensorFlow Lite
+            # XNNPACK delegate for CPU.") with no switch to turn it off: filtered when quiet.
+            with native_info_filtered():
+                self._it = interpreter_cls(**kwargs)
+                # Custom ops and delegate support are checked here, not at the first invoke.
+                self._it.allocate_tensors()
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"LiteRT cannot load {path.name}: {one_line(exc)}") from exc
         self.backend = f"litert:{config.delegate}"

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edged.errors import BackendUnavailable, EdgedError, ModelLoadError
-from edged.log import get_logger
+from edged.log import get_logger, quiet_native
 from edged.runtime.base import (
     Array,
     BackendSpec,
@@ -118,6 +118,8 @@ def _import_ort() -> Any:
         import onnxruntime
     except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
         raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from exc
+    if quiet_native():  # the process-wide logger (sessions set their own severity below)
+        onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 
 
