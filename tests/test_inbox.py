@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edged.daemon.inbox import InboxDirs, InboxTicket, recover
+from edged.daemon.inbox_files import job_id
 from edged.errors import BadRequest
 from edged.tasks.base import TaskResult
 from edged.testing import small_tmpfs
@@ -27,6 +28,7 @@ def claim(dirs: InboxDirs, name: str) -> InboxTicket:
     cv2.imwrite(str(src), np.full((8, 8, 3), 7, np.uint8))
     ticket = InboxTicket(dirs, name, "box")
     src.rename(ticket.claimed)
+    ticket.job = job_id(ticket.claimed.stat())
     return ticket
 
 
@@ -45,11 +47,13 @@ def test_complete_writes_outputs_then_manifest_then_moves_to_done(dirs: InboxDir
     ticket.complete(result())
     assert listing(dirs.done) == ["a.png"]
     assert listing(dirs.processing) == []
-    assert listing(dirs.outbox) == ["a.png.json", "a.png.mask.png"]
+    mask_name = f"a.png.{ticket.job}.mask.png"
+    assert listing(dirs.outbox) == sorted(["a.png.json", mask_name])
     manifest = json.loads((dirs.outbox / "a.png.json").read_text())
-    assert manifest["outputs"] == ["a.png.mask.png"]
+    assert manifest["outputs"] == [mask_name]
+    assert manifest["job"] == ticket.job
     assert manifest["model"] == "selfie"
-    mask = cv2.imread(str(dirs.outbox / "a.png.mask.png"), cv2.IMREAD_UNCHANGED)
+    mask = cv2.imread(str(dirs.outbox / mask_name), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (8, 8)
     assert int(mask[3, 3]) == 255
     # A second ending (e.g. a late cancel) is ignored: exactly one outcome per input.
@@ -74,22 +78,22 @@ def test_hand_back_returns_the_input_to_the_inbox(dirs: InboxDirs) -> None:
 
 def test_recover_settles_every_crash_state(dirs: InboxDirs) -> None:
     # 1. crashed after the manifest, before the move: complete -> done, outputs kept.
-    claim(dirs, "done.png")
-    (dirs.outbox / "done.png.mask.png").write_bytes(b"x")
-    (dirs.outbox / "done.png.json").write_text("{}")
+    done = claim(dirs, "done.png")
+    (dirs.outbox / f"done.png.{done.job}.mask.png").write_bytes(b"x")
+    (dirs.outbox / "done.png.json").write_text(json.dumps({"job": done.job}))
     # 2. crashed after the error record, before the move -> failed.
-    claim(dirs, "err.png")
-    (dirs.failed / "err.png.error.json").write_text("{}")
+    err = claim(dirs, "err.png")
+    (dirs.failed / "err.png.error.json").write_text(json.dumps({"job": err.job}))
     # 3. crashed mid-write: partial output and a temp file -> removed, input back in inbox.
-    claim(dirs, "half.png")
-    (dirs.outbox / "half.png.mask.png").write_bytes(b"partial")
-    (dirs.outbox / ".half.png.image.png.tmp").write_bytes(b"partial")
+    half = claim(dirs, "half.png")
+    (dirs.outbox / f"half.png.{half.job}.mask.png").write_bytes(b"partial")
+    (dirs.outbox / f".half.png.{half.job}.image.png.tmp").write_bytes(b"partial")
     counts = recover(dirs, "box")
     assert counts == {"done": 1, "failed": 1, "returned": 1}
     assert listing(dirs.done) == ["done.png"]
     assert listing(dirs.failed) == ["err.png", "err.png.error.json"]
     assert listing(dirs.inbox) == ["half.png"]
-    assert listing(dirs.outbox) == ["done.png.json", "done.png.mask.png"]
+    assert listing(dirs.outbox) == sorted(["done.png.json", f"done.png.{done.job}.mask.png"])
     assert listing(dirs.processing) == []
 
 

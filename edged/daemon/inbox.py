@@ -4,16 +4,22 @@ Layout (siblings of the inbox dir ``PATH`` given as ``source = "dir:PATH"``)::
 
     PATH/                 drop files here (write elsewhere, then rename in: never half files)
     PATH/../processing/   claimed inputs (a rename: exactly one claimer)
-    PATH/../outbox/       results: NAME.<output>.png|npy and NAME.json (written last = complete)
+    PATH/../outbox/       results: NAME.<job>.<output>.png|npy and NAME.json (written last)
     PATH/../done/         inputs whose results are complete
     PATH/../failed/       inputs that failed, each with NAME.error.json beside it
 
+Every claimed file is a job with an id (``edged.daemon.inbox_files.job_id``: inode, mtime,
+size). Its outputs carry that id and its manifest and error record name it, so one job's
+failure only ever removes its own files, and a file dropped again under a used name is a new
+job. Names too long to take these suffixes are cut and hashed (``stem``). Anything that is not
+a regular file (symlink, FIFO, device, directory) is refused with an error record, unread.
+
 Crash safety: every result file is written to a dot-temp name and ``os.replace``d; the
 manifest ``NAME.json`` is written last and marks the result complete. On start, inputs left
-in ``processing/`` move to ``done/`` when their manifest exists, to ``failed/`` when their
-error record exists, otherwise partial outputs are removed and the input goes back to the
-inbox. So after any crash (kill -9 included) every input ends in exactly one of done/failed
-with one set of outputs.
+in ``processing/`` move to ``done/`` when the manifest of *their* job exists, to ``failed/``
+when their job's error record exists, otherwise their job's partial outputs are removed and
+the input goes back to the inbox. So after any crash (kill -9 included) every input ends in
+exactly one of done/failed with one set of outputs.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import threading
 import time
 from pathlib import Path
@@ -30,8 +35,19 @@ from typing import Any
 import numpy as np
 
 from edged.config import ServiceSettings, StreamSettings
-from edged.daemon.sources import Deliver, Frame, StateFn, read_image
-from edged.errors import BadRequest, EdgedError, SourceError, TooLarge
+from edged.daemon.inbox_files import (
+    as_input_error,
+    decode_dropped,
+    job_id,
+    output_name,
+    output_pattern,
+    read_claimed,
+    refuse_unless_regular,
+    stem,
+)
+from edged.daemon.sources import Deliver, Frame, StateFn
+from edged.daemon.supervise import Supervised
+from edged.errors import EdgedError, SourceError
 from edged.log import get_logger
 from edged.tasks.base import TaskResult
 
@@ -54,10 +70,10 @@ class InboxDirs:
             path.mkdir(parents=True, exist_ok=True)
 
     def manifest(self, name: str) -> Path:
-        return self.outbox / f"{name}.json"
+        return self.outbox / f"{stem(name)}.json"
 
     def error_record(self, name: str) -> Path:
-        return self.failed / f"{name}.error.json"
+        return self.failed / f"{stem(name)}.error.json"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -71,6 +87,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A manifest or error record; {} when missing or unreadable (then it names no job)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _encode_output(array: np.ndarray[Any, Any]) -> tuple[str, bytes]:
@@ -94,13 +119,34 @@ def _encode_output(array: np.ndarray[Any, Any]) -> tuple[str, bytes]:
     return "npy", out.getvalue()
 
 
-class InboxTicket:
-    """One claimed file; exactly one of complete/fail/hand_back runs."""
+def _remove_outputs(dirs: InboxDirs, name: str, job: str, names: list[str] | None = None) -> None:
+    """Remove outputs (and temp files) of job ``job`` of ``name``, and never anyone else's.
 
-    def __init__(self, dirs: InboxDirs, name: str, stream: str) -> None:
+    ``names``: the candidates when known (this job's own writes, an old manifest's list);
+    otherwise (recovery) the outbox is scanned for names carrying this job's id.
+    """
+    pattern = output_pattern(name, job)
+    if names is None:
+        names = [p.name for p in dirs.outbox.iterdir()]
+    else:
+        names = [*names, *(f".{n}.tmp" for n in names)]
+    for found in names:
+        if pattern.fullmatch(found):
+            (dirs.outbox / found).unlink(missing_ok=True)
+
+
+class InboxTicket:
+    """One claimed file (job ``job``); exactly one of complete/fail/hand_back runs.
+
+    They run on worker threads inside future callbacks, where an exception would vanish:
+    none of them raises, the input always ends in done/, failed/ or the inbox.
+    """
+
+    def __init__(self, dirs: InboxDirs, name: str, stream: str, job: str = "") -> None:
         self.dirs = dirs
         self.name = name
         self.stream = stream
+        self.job = job
         self._ended = False
         self._lock = threading.Lock()
 
@@ -116,62 +162,83 @@ class InboxTicket:
     def complete(self, result: TaskResult) -> None:
         if not self._end():
             return
+        planned: list[str] = []
         try:
-            files = self._write_outputs(result)
-        except OSError as exc:  # disk full, read-only outbox...
-            self._remove_partials()
-            self._ended = False
-            self.fail(SourceError(f"cannot write results to {self.dirs.outbox}: {exc}"))
+            files = self._write_outputs(result, planned)
+        except Exception as exc:  # disk full, read-only outbox, an unencodable output...
+            with contextlib.suppress(OSError):
+                _remove_outputs(self.dirs, self.name, self.job, planned)
+            error = exc if isinstance(exc, EdgedError) else None
+            self._fail(error or SourceError(f"cannot write results to {self.dirs.outbox}: {exc}"))
             return
-        os.replace(self.claimed, self.dirs.done / self.name)
-        log.info("inbox done", stream=self.stream, file=self.name, outputs=files)
+        try:
+            os.replace(self.claimed, self.dirs.done / self.name)
+        except OSError as exc:  # the manifest is written: recovery moves it at next start
+            log.error(
+                "inbox cannot move to done", stream=self.stream, file=self.name, error=str(exc)
+            )
+            return
+        log.info("inbox done", stream=self.stream, file=self.name, job=self.job, outputs=files)
 
-    def _write_outputs(self, result: TaskResult) -> list[str]:
-        files = []
+    def _write_outputs(self, result: TaskResult, planned: list[str]) -> list[str]:
+        previous = _read_json(self.dirs.manifest(self.name))
         for key, array in result.outputs.items():
             ext, data = _encode_output(np.asarray(array))
-            target = self.dirs.outbox / f"{self.name}.{key}.{ext}"
+            target = self.dirs.outbox / output_name(self.name, self.job, key, ext)
+            planned.append(target.name)
             _write_atomic(target, data)
-            files.append(target.name)
         manifest = {
             "input": self.name,
+            "job": self.job,
             "stream": self.stream,
             "task": result.task,
             "model": result.model,
             "backend": result.backend,
             "latency_ms": result.latency_ms,
             "meta": result.meta,
-            "outputs": files,
+            "outputs": planned,
             "finished_at": time.time(),
         }
         _write_atomic(self.dirs.manifest(self.name), json.dumps(manifest, default=str).encode())
-        return files
-
-    def _remove_partials(self) -> None:
-        for path in self.dirs.outbox.iterdir():
-            if path.name.startswith((self.name + ".", f".{self.name}.")):
-                path.unlink(missing_ok=True)
+        old_job, old_outputs = previous.get("job"), previous.get("outputs")
+        if isinstance(old_job, str) and old_job != self.job and isinstance(old_outputs, list):
+            # A reused name: the earlier job's results are superseded by this manifest.
+            with contextlib.suppress(OSError):
+                _remove_outputs(self.dirs, self.name, old_job, [str(o) for o in old_outputs])
+        return planned
 
     def fail(self, error: BaseException) -> None:
-        if not self._end():
-            return
+        if self._end():
+            self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
         code = error.wire_code if isinstance(error, EdgedError) else "internal"
         record = {
             "input": self.name,
+            "job": self.job,
             "stream": self.stream,
             "error": {"code": code, "type": type(error).__name__, "message": str(error)},
             "failed_at": time.time(),
         }
-        with contextlib.suppress(OSError):  # a full disk must not keep the input in limbo
+        try:
             _write_atomic(self.dirs.error_record(self.name), json.dumps(record).encode())
-        os.replace(self.claimed, self.dirs.failed / self.name)
+        except OSError as exc:  # a full disk must not keep the input in limbo
+            log.error("inbox cannot write error record", file=self.name, error=str(exc))
+        try:
+            os.replace(self.claimed, self.dirs.failed / self.name)
+        except OSError as exc:
+            log.error("inbox cannot move to failed", file=self.name, error=str(exc))
         log.warning("inbox failed", stream=self.stream, file=self.name, error=str(error))
 
     def hand_back(self) -> None:
         if not self._end():
             return
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.replace(self.claimed, self.dirs.inbox / self.name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # recovery returns it at next start
+            log.error("inbox cannot hand back", file=self.name, error=str(exc))
 
 
 def recover(dirs: InboxDirs, stream: str) -> dict[str, int]:
@@ -180,46 +247,39 @@ def recover(dirs: InboxDirs, stream: str) -> dict[str, int]:
     for tmp in dirs.outbox.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     for path in sorted(dirs.processing.iterdir()):
-        if not path.is_file():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
             continue
-        ticket = InboxTicket(dirs, path.name, stream)
-        if dirs.manifest(path.name).is_file():
-            os.replace(path, dirs.done / path.name)
-            counts["done"] += 1
-        elif dirs.error_record(path.name).is_file():
-            os.replace(path, dirs.failed / path.name)
+        ticket = InboxTicket(dirs, path.name, stream, job_id(st))
+        manifest, record = dirs.manifest(path.name), dirs.error_record(path.name)
+        try:
+            refuse_unless_regular(path.name, st)
+        except EdgedError as exc:
+            ticket.fail(exc)
             counts["failed"] += 1
         else:
-            ticket._remove_partials()
-            os.replace(path, dirs.inbox / path.name)
-            counts["returned"] += 1
+            if _read_json(manifest).get("job") == ticket.job:
+                os.replace(path, dirs.done / path.name)
+                counts["done"] += 1
+            elif _read_json(record).get("job") == ticket.job:
+                os.replace(path, dirs.failed / path.name)
+                counts["failed"] += 1
+            else:  # never finished (or an older job's files under a reused name)
+                _remove_outputs(dirs, path.name, ticket.job)
+                os.replace(path, dirs.inbox / path.name)
+                counts["returned"] += 1
     if any(counts.values()):
         log.info("inbox recovered", stream=stream, **counts)
     return counts
 
 
 def load_image(path: Path, max_bytes: int, max_pixels: int) -> Any:
-    """RGB uint8 from a dropped file, with the request limits applied before decoding.
-
-    PNG and JPEG headers are checked for their pixel count first (a decompression bomb is
-    refused without being inflated); other formats OpenCV reads are size-checked after.
-    """
-    from edged.wire.payloads import decode_image
-
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise TooLarge(f"{path.name}: {size} bytes is over zmq.max_frame_bytes ({max_bytes})")
-    data = path.read_bytes()
-    if data.startswith(b"\x89PNG"):
-        return decode_image(path.name, data, "png", channels=3, max_pixels=max_pixels)
-    if data[:2] == b"\xff\xd8":
-        return decode_image(path.name, data, "jpeg", channels=3, max_pixels=max_pixels)
-    image = read_image(path)
-    if image is None:
-        raise BadRequest(f"{path.name}: not an image OpenCV can decode (PNG, JPEG, BMP, ...)")
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise TooLarge(f"{path.name}: over zmq.max_pixels ({max_pixels})")
-    return image
+    """RGB uint8 from a dropped file: regular files only, request limits before decoding."""
+    st = os.lstat(path)
+    refuse_unless_regular(path.name, st)
+    data = read_claimed(str(path), job_id(st), max_bytes)
+    return decode_dropped(path.name, data, max_pixels)
 
 
 class InboxSource:
@@ -249,19 +309,36 @@ class InboxSource:
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"edged-inbox-{self.name}", daemon=True
+        self._thread = Supervised(
+            f"edged-inbox-{self.name}",
+            self._life,
+            self._set_state,
+            self._stop,
+            backoff_initial_s=service.reconnect_initial_s,
+            backoff_max_s=service.reconnect_max_s,
         )
+        self._recovered = False
         self.state = "starting"
         self.claimed = 0
+        self.refused = 0
         self._seq = 0
         try:
             self.dirs.create()
         except OSError as exc:
             raise SourceError(f"stream {self.name}: cannot create inbox dirs: {exc}") from exc
 
+    @property
+    def dead(self) -> bool:
+        return self._thread.dead
+
     def start(self) -> None:
-        recover(self.dirs, self.name)
+        try:
+            recover(self.dirs, self.name)
+        except OSError as exc:
+            raise SourceError(
+                f"stream {self.name}: cannot recover {self.dirs.processing}: {exc}"
+            ) from exc
+        self._recovered = True
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -269,38 +346,51 @@ class InboxSource:
         self._thread.join(timeout)
 
     def stats(self) -> dict[str, Any]:
-        return {"kind": "inbox", "state": self.state, "claimed": self.claimed}
+        return {
+            "kind": "inbox",
+            "state": self.state,
+            "claimed": self.claimed,
+            "refused": self.refused,
+            **self._thread.stats(),
+        }
 
     def _pending(self) -> list[Path]:
-        """Regular, non-dot files, oldest first (a file may vanish while we look: skip it)."""
+        """Non-dot entries of any type, oldest first (one may vanish while we look: skip it)."""
         found = []
-        for path in self.dirs.inbox.iterdir():
-            if path.name.startswith("."):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                st = path.stat()
-                if stat.S_ISREG(st.st_mode):
-                    found.append((st.st_mtime, path.name, path))
+        with os.scandir(self.dirs.inbox) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat(follow_symlinks=False)
+                    found.append((st.st_mtime, entry.name, Path(entry.path)))
         return [path for *_, path in sorted(found)]
 
-    def _set_state(self, state: str, **data: Any) -> None:
-        if state != self.state:
+    def _set_state(self, state: str, data: dict[str, Any] | None = None) -> None:
+        if state != self.state or state == "restarting":
             self.state = state
-            self._on_state(state, {"kind": "inbox", "path": str(self.dirs.inbox), **data})
+            self._on_state(state, {"kind": "inbox", "path": str(self.dirs.inbox), **(data or {})})
 
-    def _loop(self) -> None:
+    def _life(self) -> None:
+        """One life of the thread; a restart first recreates the dirs and recovers claims."""
+        if not self._recovered:
+            self.dirs.create()
+            recover(self.dirs, self.name)
+        self._recovered = False
         while not self._stop.is_set():
             try:
                 pending = self._pending()
-                self._set_state("up")
-                for path in pending:
-                    if self._stop.is_set() or not self._take(path):
-                        break
             except OSError as exc:
                 # The inbox vanished or became unreadable (unmounted disk...): say so, retry.
                 if self.state != "down":
                     log.warning("inbox unavailable", stream=self.name, error=str(exc))
-                self._set_state("down", error=str(exc))
+                self._set_state("down", {"error": str(exc)})
+                self._stop.wait(self._poll)
+                continue
+            self._set_state("up")
+            for path in pending:
+                if self._stop.is_set() or not self._take(path):
+                    break
             self._stop.wait(self._poll)
         self.state = "stopped"
 
@@ -313,16 +403,37 @@ class InboxSource:
         try:
             os.rename(path, ticket.claimed)  # the claim: atomic, exactly one winner
         except FileNotFoundError:
-            return True
+            if os.path.lexists(path):  # the input is there: processing/ is not
+                raise
+            return True  # someone else took it
         self.claimed += 1
         try:
-            image = load_image(ticket.claimed, self._max_bytes, self._max_pixels)
-        except EdgedError as exc:
-            ticket.fail(exc)
+            ticket.job = job_id(os.lstat(ticket.claimed))
+            frame = self._frame(ticket)
+        except Exception as exc:  # anything about this one input is this input's error
+            self._refuse(ticket, exc)
             return True
-        frame = Frame(image, self._seq, time.time(), {"file": path.name}, ticket=ticket)
-        self._seq += 1
-        if not self._deliver(frame):
+        try:
+            accepted = self._deliver(frame)
+        except Exception as exc:
+            self._refuse(ticket, exc)
+            return True
+        if not accepted:
             ticket.hand_back()
             return False
         return True
+
+    def _frame(self, ticket: InboxTicket) -> Frame:
+        name = ticket.name
+        refuse_unless_regular(name, os.lstat(ticket.claimed))
+        data = read_claimed(str(ticket.claimed), ticket.job, self._max_bytes)
+        image = decode_dropped(name, data, self._max_pixels)
+        frame = Frame(image, self._seq, time.time(), {"file": name}, ticket=ticket)
+        self._seq += 1
+        return frame
+
+    def _refuse(self, ticket: InboxTicket, exc: Exception) -> None:
+        self.refused += 1
+        if not isinstance(exc, EdgedError):  # unexpected: its traceback, once
+            log.warning("inbox input failed", stream=self.name, file=ticket.name, exc_info=exc)
+        ticket.fail(as_input_error(ticket.name, exc))

@@ -217,6 +217,12 @@ class Scheduler:
             self._cond.notify_all()
             return True
 
+    def dead_workers(self) -> int:
+        """Workers that ended while the scheduler runs (the watchdog is withheld then)."""
+        if self._stopping:
+            return 0
+        return sum(1 for t in self._threads if t.ident is not None and not t.is_alive())
+
     def has_room(self, stream: str) -> bool:
         with self._cond:
             queue = self._queues.get(stream)

@@ -191,7 +191,13 @@ class Service:
         # Only a scheduler that moved recently earns the ping: wedged workers let systemd
         # restart us instead of being hidden by a healthy main thread.
         age = time.monotonic() - self.scheduler.last_progress
-        if age < 2 * interval:
+        # A source thread that died beyond its restarts (or a dead worker) will not come back
+        # inside this process: withholding the ping lets systemd restart the unit.
+        dead = [name for name, runner in self._streams.items() if runner.dead]
+        workers_dead = self.scheduler.dead_workers()
+        if dead or workers_dead:
+            log.error("thread dead; withholding watchdog ping", streams=dead, workers=workers_dead)
+        elif age < 2 * interval:
             self.notifier.watchdog()
         else:
             log.error("no scheduler progress; withholding watchdog ping", age_s=round(age, 1))
@@ -380,6 +386,7 @@ class Service:
             "rss_max_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "scheduler": self.scheduler.stats() if self.scheduler else {},
             "streams": {name: r.stats() for name, r in self._streams.items()},
+            "dead_threads": sorted(n for n, r in self._streams.items() if r.dead),
             "pool": self.engine.stats() if self.engine else {},
         }
 

@@ -2,10 +2,13 @@
 
 Each source reads in its own daemon thread and hands frames to ``deliver``; a dead camera or
 stream never blocks anything else. Live sources (camera, stream) deliver every frame they read
-and the scheduler keeps only the latest (drop oldest); files deliver every frame and wait.
-When a live source dies it is reopened with capped exponential backoff; every state change
-(``up``, ``down``, ``reconnecting``, ``ended``) goes to ``on_state`` (the service publishes it
-as ``events.stream``). The directory inbox lives in ``edged.daemon.inbox``.
+and the scheduler keeps only the latest (drop oldest); files wait for room instead. A video
+file with ``max_fps`` plays in real time at min(its fps, max_fps), skipping frames with
+``grab()`` (no conversion) rather than decoding every frame at full speed and dropping it.
+When a live source dies it is reopened with capped exponential backoff; a thread that dies of
+an unexpected exception is restarted by ``edged.daemon.supervise``. Every state change (``up``,
+``down``, ``reconnecting``, ``ended``, ``failed``, ``restarting``) goes to ``on_state`` (the
+service publishes it as ``events.stream``). The directory inbox lives in ``edged.daemon.inbox``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.config import ServiceSettings, StreamSettings
+from edged.daemon.supervise import Supervised
 from edged.errors import ConfigError, SourceError
 from edged.log import get_logger
 
@@ -64,6 +68,10 @@ class Source(Protocol):
     def start(self) -> None: ...
     def stop(self, timeout: float = 2.0) -> None: ...
     def stats(self) -> dict[str, Any]: ...
+    @property
+    def dead(self) -> bool:
+        """Its thread died too often to be restarted (the watchdog then stops)."""
+        ...
 
 
 def source_kind(source: str) -> str:
@@ -116,8 +124,54 @@ class _Pacer:
         return True
 
 
+class _FilePacer:
+    """A video file's pace: which frames to decode, and when to deliver them.
+
+    Frames are chosen on the file's own timeline (frame index / file fps), so the choice does
+    not depend on how fast the machine is: with ``max_fps`` one frame per ``1/max_fps`` s of
+    video, the others skipped with ``grab()`` (never converted or copied). With ``max_fps``
+    the file also plays in real time (``due`` says how long to wait before a frame), i.e. at
+    its own frame rate or ``max_fps``, whichever is lower; without it, as fast as jobs run.
+    """
+
+    def __init__(self, every_nth: int, max_fps: float | None, file_fps: float) -> None:
+        self.every_nth = every_nth
+        self.max_fps = max_fps
+        valid = 0 < file_fps < 1000  # containers without a rate report 0 (or nonsense)
+        self.frame_s = 1.0 / (file_fps if valid else (max_fps or 30.0))
+        self.interval = 1.0 / max_fps if max_fps else 0.0
+        self._index = -1
+        self._next = 0.0
+        self._wall0: float | None = None
+
+    def take(self) -> bool:
+        """Called once per frame in file order: deliver (decode) this one?"""
+        self._index += 1
+        if self._index % self.every_nth:
+            return False
+        t = self._index * self.frame_s
+        if t < self._next - self.frame_s / 2 - 1e-9:  # half a frame of slack for rounding
+            return False
+        self._next = max(self._next + self.interval, t)
+        return True
+
+    def wait_s(self, now: float) -> float:
+        """Seconds to wait before delivering the frame just taken (real-time playback)."""
+        if not self.max_fps:
+            return 0.0
+        t = self._index * self.frame_s
+        if self._wall0 is None or now - (self._wall0 + t) > self.interval:
+            self._wall0 = now - t  # first frame, or behind by over a frame: no burst to catch up
+        return max(0.0, self._wall0 + t - now)
+
+
 class CaptureSource:
-    """An OpenCV ``VideoCapture`` read in a thread: camera, stream or video file."""
+    """An OpenCV ``VideoCapture`` read in a thread: camera, stream or video file.
+
+    Every frame is ``grab()``bed; only frames the pacer keeps are ``retrieve()``d (converted
+    and copied), so skipped frames cost the least the codec allows (``frames_grabbed`` vs
+    ``frames_decoded`` in stats; ``frames_read`` is their sum).
+    """
 
     def __init__(
         self,
@@ -135,16 +189,27 @@ class CaptureSource:
         self._on_state = on_state
         self._pacer = _Pacer(settings.every_nth, settings.max_fps)
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"edged-src-{self.name}", daemon=True
+        self._thread = Supervised(
+            f"edged-src-{self.name}",
+            self._loop,
+            lambda state, data: self._set_state(state, **data),
+            self._stop,
+            backoff_initial_s=service.reconnect_initial_s,
+            backoff_max_s=service.reconnect_max_s,
         )
         self.state = "starting"
         self.frames_read = 0
+        self.frames_grabbed = 0
+        self.frames_decoded = 0
         self.frames_delivered = 0
         self.reconnects = 0
         self._seq = 0
         if self.kind == "video" and not Path(settings.source).is_file():
             raise SourceError(f"stream {self.name}: video file not found: {settings.source}")
+
+    @property
+    def dead(self) -> bool:
+        return self._thread.dead
 
     def start(self) -> None:
         self._thread.start()
@@ -160,14 +225,17 @@ class CaptureSource:
             "kind": self.kind,
             "state": self.state,
             "frames_read": self.frames_read,
+            "frames_grabbed": self.frames_grabbed,
+            "frames_decoded": self.frames_decoded,
             "frames_delivered": self.frames_delivered,
             "reconnects": self.reconnects,
+            **self._thread.stats(),
         }
 
     # ---------------------------------------------------------------- thread
 
     def _set_state(self, state: str, **data: Any) -> None:
-        if state == self.state and state != "reconnecting":
+        if state == self.state and state not in ("reconnecting", "restarting"):
             return
         self.state = state
         log.info("stream state", stream=self.name, state=state, **data)
@@ -180,8 +248,10 @@ class CaptureSource:
             if cap is not None:
                 self._set_state("up", source=_redact(self._cfg.source))
                 failures = 0
-                reason = self._pump(cap)
-                cap.release()
+                try:
+                    reason = self._pump(cap)
+                finally:  # also when the pump raises: the supervisor reopens it
+                    cap.release()
                 if reason == "stopped":
                     break
                 if reason == "eof" and not self.live:
@@ -226,15 +296,34 @@ class CaptureSource:
             return None, "could not open source"
         return cap, ""
 
+    def _take(self, file_pacer: _FilePacer | None) -> bool:
+        """Is the frame just grabbed delivered? Files wait here to play in real time."""
+        if file_pacer is None:
+            return self._pacer.take()
+        if not file_pacer.take():
+            return False
+        delay = file_pacer.wait_s(time.monotonic())
+        return not (delay and self._stop.wait(delay))
+
     def _pump(self, cap: Any) -> str:
         cv2 = _cv2()
+        failed = "eof" if not self.live else "read failed (stream ended or timed out)"
+        pacer = None
+        if not self.live:
+            pacer = _FilePacer(self._cfg.every_nth, self._cfg.max_fps, cap.get(cv2.CAP_PROP_FPS))
         while not self._stop.is_set():
-            ok, bgr = cap.read()
-            if not ok or bgr is None:
-                return "eof" if not self.live else "read failed (stream ended or timed out)"
+            if not cap.grab():
+                return failed
             self.frames_read += 1
-            if not self._pacer.take():
+            if not self._take(pacer):
+                self.frames_grabbed += 1
                 continue
+            if self._stop.is_set():
+                break
+            ok, bgr = cap.retrieve()
+            if not ok or bgr is None:
+                return failed
+            self.frames_decoded += 1
             frame = Frame(
                 image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
                 seq=self._seq,
@@ -279,38 +368,62 @@ class ImageSource:
 
     live = False
 
-    def __init__(self, settings: StreamSettings, deliver: Deliver, on_state: StateFn) -> None:
+    def __init__(
+        self,
+        settings: StreamSettings,
+        deliver: Deliver,
+        on_state: StateFn,
+        service: ServiceSettings | None = None,
+    ) -> None:
         self.name = settings.name
         self._path = Path(settings.source)
         self._deliver = deliver
         self._on_state = on_state
-        self._thread = threading.Thread(
-            target=self._run, name=f"edged-src-{self.name}", daemon=True
+        svc = service or ServiceSettings()
+        self._stop = threading.Event()
+        self._thread = Supervised(
+            f"edged-src-{self.name}",
+            self._run,
+            self._report,
+            self._stop,
+            backoff_initial_s=svc.reconnect_initial_s,
+            backoff_max_s=svc.reconnect_max_s,
         )
         self.state = "starting"
         if not self._path.is_file():
             raise SourceError(f"stream {self.name}: image file not found: {self._path}")
 
+    @property
+    def dead(self) -> bool:
+        return self._thread.dead
+
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
         self._thread.join(timeout)
 
     def stats(self) -> dict[str, Any]:
-        return {"kind": "image", "state": self.state}
+        return {"kind": "image", "state": self.state, **self._thread.stats()}
+
+    def _report(self, state: str, data: dict[str, Any]) -> None:
+        self.state = state
+        self._on_state(state, {"kind": "image", **data})
 
     def _run(self) -> None:
-        image = read_image(self._path)
+        try:
+            image = read_image(self._path)
+            error = "" if image is not None else f"cannot decode {self._path.name}"
+        except Exception as exc:  # a decode bomb, an unreadable file: this input's error
+            image, error = None, f"cannot decode {self._path.name}: {type(exc).__name__}"
+            log.warning("image source failed", stream=self.name, exc_info=exc)
         if image is None:
-            self.state = "down"
-            self._on_state("down", {"kind": "image", "error": f"cannot decode {self._path.name}"})
+            self._report("down", {"error": error})
             return
-        self.state = "up"
-        self._on_state("up", {"kind": "image"})
+        self._report("up", {})
         self._deliver(Frame(image, 0, time.time(), {"file": self._path.name}))
-        self.state = "ended"
-        self._on_state("ended", {"kind": "image", "frames": 1})
+        self._report("ended", {"frames": 1})
 
 
 def read_image(path: Path) -> npt.NDArray[np.uint8] | None:

@@ -73,7 +73,7 @@ class StreamRunner:
                 max_pixels=self._limits.max_pixels,
             )
         if self.kind == "image":
-            return ImageSource(self.cfg, self._deliver, self._on_state)
+            return ImageSource(self.cfg, self._deliver, self._on_state, service)
         return CaptureSource(self.cfg, service, self._deliver, self._on_state)
 
     def start(self, queue_size: int) -> None:
@@ -94,6 +94,11 @@ class StreamRunner:
 
     def stats(self) -> dict[str, Any]:
         return {**self.source.stats(), "task": self.cfg.task, "errors": self._errors}
+
+    @property
+    def dead(self) -> bool:
+        """The source's thread failed beyond its restarts: only a process restart helps."""
+        return self.source.dead
 
     def _deliver(self, frame: Frame) -> bool:
         request = TaskRequest(
@@ -123,6 +128,18 @@ class StreamRunner:
         return accepted
 
     def _done(self, frame: Frame, job: Job, fut: Future[TaskResult]) -> None:
+        # Runs inside a future callback, where an exception would vanish without a trace.
+        try:
+            self._settle(frame, job, fut)
+        except Exception as exc:
+            log.error("stream result handling failed", stream=self.cfg.name, exc_info=exc)
+            self._publish_event(
+                "job", {"stream": self.cfg.name, "seq": job.seq, "ok": False, "error": repr(exc)}
+            )
+            if frame.ticket is not None:
+                frame.ticket.fail(exc)  # a no-op when the ticket already ended
+
+    def _settle(self, frame: Frame, job: Job, fut: Future[TaskResult]) -> None:
         ticket = frame.ticket
         error = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or isinstance(error, Cancelled):
