@@ -272,6 +272,12 @@ class Settings(BaseSettings):
     admission_wait_s: float = Field(
         default=5.0, ge=0, description="How long a job may wait for memory before `busy`."
     )
+    max_model_runs: int = Field(
+        default=4096, gt=0, description="Model runs (tiles) one job may make; more is bad_request."
+    )
+    max_output_pixels: int = Field(
+        default=64_000_000, gt=0, description="Largest image (width*height) one job may produce."
+    )
     allowed_licences: list[str] = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED_LICENCES),
         description="SPDX ids whose models may load (AGPL-3.0 and non-commercial are not default).",

@@ -11,14 +11,14 @@ Tensor layouts come from the session's static shapes where they are unambiguous,
 the entry's ``InputSpec``/``OutputSpec``. Value ranges come from the specs.
 
 Tiling (``edged.tasks.tiling``) runs every image; one tile when it fits. Knobs, request
-``params`` first, then ``entry.params``:
+``params`` (``edged.tasks.params.SuperresParams``, validated) first, then ``entry.params``:
 
-* ``tile``  -- window side in input pixels (0 = never tile a dynamic model);
-  fixed-size models always use their input size.
+* ``tile``  -- window side in input pixels, MIN_TILE..MAX_TILE from a request (untiled only
+  from a catalogue entry's ``tile = 0``); fixed-size models always use their input size.
 * ``halo`` (alias ``overlap``) -- context kept around each tile's core; must be at least the
   receptive-field radius for the tiled result to equal the untiled one.
-* ``activation_bytes_per_px`` -- the model's peak activation bytes per input pixel, used with
-  the memory budget to size tiles of dynamic models when no ``tile`` is given.
+* ``activation_bytes_per_px`` -- the model's peak activation bytes per input pixel (catalogue
+  only, never a request's), used with the memory budget to size tiles of dynamic models.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from edged import imaging
 from edged.errors import BadRequest, ConfigError
 from edged.models.schema import ModelEntry
 from edged.runtime.base import Session, TensorSpec
-from edged.tasks import tiling
+from edged.tasks import sr_memory, tiling
 from edged.tasks.base import Image, ProgressFn, TaskRequest, TaskResult
+from edged.tasks.params import SuperresParams, params_of
 
 if TYPE_CHECKING:
     from edged.engine import Engine
@@ -45,11 +46,6 @@ if TYPE_CHECKING:
 FAMILIES = ("sr-y", "sr-rgb")
 DEFAULT_HALO = {"sr-y": 16, "sr-rgb": 20}
 """Receptive-field radius plus margin: ESPCN/FSRCNN 4-6 px, LapSRN ~16, SRVGGNetCompact 18."""
-DEFAULT_BYTES_PER_PX = {"sr-y": 64 * 4 * 3, "sr-rgb": 64 * 4 * 4}
-"""Peak activations per input pixel: ~3 (sr-y) / 4 (sr-rgb) live 64-channel float32 maps."""
-ACTIVATION_SHARE = 0.25
-"""Share of the pool budget one SR job's activations may use."""
-DEFAULT_BUDGET = 1_500_000_000
 
 
 @dataclass(frozen=True)
@@ -154,26 +150,31 @@ def tile_fn(session: Session, layout: Layout, run_ms: list[float] | None = None)
 
 
 def choose_tiling(
-    entry: ModelEntry, layout: Layout, params: dict[str, Any], budget: int | None
+    entry: ModelEntry, layout: Layout, params: SuperresParams
 ) -> tuple[tuple[int, int], int]:
-    """(window height, width) and halo for this model and request."""
-    merged = {**entry.params, **params}
-    halo = merged.get("halo", merged.get("overlap", DEFAULT_HALO[entry.family]))
+    """(largest window height, width) and halo for this model and request.
+
+    The window is the fixed model size, else the request's or catalogue's ``tile`` as a
+    cap (0: none); ``sr_memory.plan`` then sizes it down to what the memory budget has free.
+
+    ``params`` are already validated (bounded, tile >= MIN_TILE); the catalogue entry's own
+    ``halo``/``tile``/``activation_bytes_per_px`` apply where the request gives none.
+    """
+    halo = params.effective_halo
+    if halo is None:
+        halo = entry.params.get("halo", entry.params.get("overlap", DEFAULT_HALO[entry.family]))
     if isinstance(halo, bool) or not isinstance(halo, int) or halo < 0:
-        raise BadRequest(f"params.halo must be an integer >= 0, got {halo!r}")
+        raise ConfigError(f"model {entry.name!r}: params.halo must be an integer >= 0")
     if layout.fixed is not None:
         fh, fw = layout.fixed
         return (fh, fw), max(0, min(halo, (min(fh, fw) - 1) // 2))
-    tile = merged.get("tile")
+    tile = params.tile if params.tile is not None else entry.params.get("tile")
     if tile is not None:
-        if not isinstance(tile, int) or tile < 0:
-            raise BadRequest(f"params.tile must be an integer >= 0 (0 = no tiling), got {tile!r}")
-        side = tile or 1 << 30
+        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+            raise ConfigError(f"model {entry.name!r}: params.tile must be an integer >= 0")
+        side = tile or tiling.MAX_TILE
         return (side, side), halo
-    per_px = int(merged.get("activation_bytes_per_px", DEFAULT_BYTES_PER_PX[entry.family]))
-    share = int((budget or DEFAULT_BUDGET) * ACTIVATION_SHARE)
-    side = tiling.tile_for_budget(share, per_px, halo=halo, scale=layout.scale)
-    return (side, side), halo
+    return (tiling.MAX_TILE, tiling.MAX_TILE), halo
 
 
 def _upscale_y(
@@ -182,11 +183,22 @@ def _upscale_y(
     ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)
     y = ycrcb[..., :1].astype(np.float32) / 255.0
     sr_y = tiling.run_tiled(y, fn, tile=tile, halo=halo, fixed=layout.fixed is not None, **kw)
+    del y
     h, w = sr_y.shape[:2]
+    out_y = _to_uint8(sr_y)[..., 0]
+    del sr_y  # in place, then freed: the float plane never coexists with chroma (sr_memory)
     chroma = cv2.resize(ycrcb[..., 1:], (w, h), interpolation=cv2.INTER_CUBIC)
-    out_y = np.clip(np.rint(sr_y[..., 0] * 255.0), 0, 255).astype(np.uint8)
     merged = np.dstack([out_y, chroma])
+    del out_y, chroma
     return np.ascontiguousarray(cv2.cvtColor(merged, cv2.COLOR_YCrCb2RGB))
+
+
+def _to_uint8(values: tiling.FloatImage) -> Image:
+    """0..1 floats -> uint8, scaling in place (no float temporaries of the output's size)."""
+    values *= 255.0
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 def _upscale_rgb(
@@ -194,27 +206,31 @@ def _upscale_rgb(
 ) -> Image:
     rgb = image.astype(np.float32) / 255.0
     out = tiling.run_tiled(rgb, fn, tile=tile, halo=halo, fixed=layout.fixed is not None, **kw)
-    result: Image = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
-    return result
+    del rgb
+    return _to_uint8(out)
 
 
 def upscale(
     loaded: LoadedModel,
     image: Image,
-    params: dict[str, Any],
+    params: SuperresParams,
     *,
-    budget: int | None = None,
+    engine: Engine | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple[Image, dict[str, Any]]:
-    """Upscale an RGB uint8 image with a loaded SR model; returns (image, meta)."""
+    """Upscale an RGB uint8 image with a loaded SR model; returns (image, meta).
+
+    With ``engine`` the job's working memory is reserved in its budget first and the tiles
+    are sized from what is free there (``sr_memory``); without, tiles use the defaults.
+    """
     layout = model_layout(loaded.entry, loaded.session)
-    tile, halo = choose_tiling(loaded.entry, layout, params, budget)
+    cap, halo = choose_tiling(loaded.entry, layout, params)
     height, width = image.shape[:2]
-    if layout.fixed:  # run_tiled pads images smaller than a fixed input up to it
-        height, width = max(height, tile[0]), max(width, tile[1])
-    fixed = layout.fixed is not None
-    count = len(tiling.plan_tiles(height, width, tile=tile, halo=halo, fixed=fixed))
+    plan, what, nbytes = sr_memory.plan(
+        engine, loaded, layout, size=(height, width), cap=min(cap), halo=halo
+    )
+    tile, count = plan.tile, plan.tiles
 
     def on_tile(done: int, total: int) -> None:
         if progress is not None:
@@ -222,8 +238,9 @@ def upscale(
 
     upscaler = _upscale_y if loaded.entry.family == "sr-y" else _upscale_rgb
     run_ms = [0.0]
-    fn = tile_fn(loaded.session, layout, run_ms)
-    out = upscaler(image, fn, tile, halo, layout, progress=on_tile, cancel=cancel)
+    fn = sr_memory.metered(engine, loaded, tile_fn(loaded.session, layout, run_ms))
+    with sr_memory.reserved(engine, what, nbytes):
+        out = upscaler(image, fn, tile, halo, layout, progress=on_tile, cancel=cancel)
     meta = {
         "scale": layout.scale,
         "tile": list(tile) if count > 1 or layout.fixed else None,
@@ -251,11 +268,15 @@ def run(
     entry = engine.catalog.get(name)
     if entry.task != "superres":
         raise BadRequest(f"model {name!r} is a {entry.task} model, not a superres one")
-    budget = engine.pool.budget  # effective: settings, profile and cgroup limit combined
     with engine.acquire(name, backend=request.backend) as loaded:
         t_run = time.perf_counter()
         out, meta = upscale(
-            loaded, image, request.params, budget=budget, progress=progress, cancel=cancel
+            loaded,
+            image,
+            params_of(request, SuperresParams),
+            engine=engine,
+            progress=progress,
+            cancel=cancel,
         )
         backend = loaded.backend
     t_end = time.perf_counter()

@@ -34,6 +34,8 @@ TileFn = Callable[[FloatImage], FloatImage]
 """H x W x C float32 window -> sH x sW x C' float32 output."""
 
 MIN_TILE = 16
+MAX_TILE = 4096
+"""Largest window sized from the budget: bigger runs gain nothing and hold one core long."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ def tile_for_budget(
     *,
     halo: int,
     scale: int = 1,
-    maximum: int = 1024,
+    maximum: int = MAX_TILE,
 ) -> int:
     """Largest square window whose activations fit ``budget_bytes``.
 
@@ -196,3 +198,48 @@ def tile_for_budget(
     side = int(math.sqrt(max(budget_bytes, 1) / max(per_px, 1)))
     side = max(side, 2 * halo + MIN_TILE)
     return min(side, maximum)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Tiles of one job and the working memory it reserves for them."""
+
+    tile: tuple[int, int]
+    tiles: int
+    run_bytes: int
+    """One model run's working memory: per-pixel cost x the largest window's pixels."""
+
+
+def plan_job(
+    height: int,
+    width: int,
+    *,
+    halo: int,
+    per_px: int,
+    room: int,
+    cap: int | None = None,
+    fixed: tuple[int, int] | None = None,
+    max_runs: int,
+) -> JobPlan:
+    """Window size from ``room`` (bytes one run may use), never above ``cap`` (the client's).
+
+    A fixed-size model's window is its input size. More than ``max_runs`` windows is a
+    ``BadRequest`` naming the numbers: the work of one request stays bounded.
+    """
+    if fixed is not None:
+        th, tw = fixed
+        height, width = max(height, th), max(width, tw)
+    else:
+        side = tile_for_budget(room, per_px, halo=halo)
+        if cap:
+            side = min(side, cap)
+        th = tw = side  # windows are clipped to the image by plan_tiles
+    tiles = plan_tiles(height, width, tile=(th, tw), halo=halo, fixed=fixed is not None)
+    if len(tiles) > max_runs:
+        raise BadRequest(
+            f"{height}x{width} px in {th}x{tw} tiles with a halo of {halo} px takes "
+            f"{len(tiles)} model runs; at most {max_runs} per job (max_model_runs): use a "
+            "larger tile, a smaller halo or a smaller image"
+        )
+    win = max((t.win[2] - t.win[0]) * (t.win[3] - t.win[1]) for t in tiles)
+    return JobPlan((th, tw), len(tiles), win * per_px)
