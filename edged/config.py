@@ -110,6 +110,12 @@ class ZmqSettings(StrictModel):
     max_pixels: int = Field(
         default=40_000_000, gt=0, description="Largest decoded image (width*height) accepted."
     )
+    max_message_bytes: ByteSize | None = Field(
+        default=None,
+        gt=0,
+        description="Largest whole request (all frames); default header + 2 frames, and never "
+        "over 1/8 of the memory budget (see edged.wire.receive).",
+    )
     max_queue: int = Field(default=64, gt=0, description="Requests waiting before `busy`.")
     hwm: int = Field(default=100, gt=0, description="Send/receive high-water mark per socket.")
     linger_ms: int = Field(default=200, ge=0, description="How long close() may flush.")

@@ -26,7 +26,8 @@ import zmq
 
 from edged import __version__
 from edged.config import Settings
-from edged.errors import Busy, EdgedError
+from edged.daemon.rebind import Rebinder
+from edged.errors import Busy, EdgedError, TooLarge
 from edged.log import get_logger
 from edged.tasks.base import TaskResult
 from edged.wire.context import get_context
@@ -39,6 +40,7 @@ from edged.wire.protocol import (
     peek,
     peek_id,
 )
+from edged.wire.receive import Received, ReceiveLimits, receive
 from edged.wire.security import SecureBinding
 
 log = get_logger("zmq.server")
@@ -47,6 +49,7 @@ Handler = Callable[[Request], Any]
 """``handler(request) -> Future[Reply | TaskResult] | Reply | TaskResult`` (see module doc)."""
 
 _STOP = b"\x00stop"
+_REBIND = b"\x00rebind"
 _ids = itertools.count()
 
 
@@ -66,9 +69,12 @@ class RequestServer:
         stats_fn: Callable[[], dict[str, Any]] | None = None,
         models_fn: Callable[[], Any] | None = None,
         workers: int = 0,
+        memory_budget: int | None = None,
     ) -> None:
         self.settings = settings
         self.limits = settings.zmq
+        # Whole-message, frame-count and in-flight bounds from the budget (edged.wire.receive).
+        self.receive_limits = ReceiveLimits.derive(settings.zmq, memory_budget)
         self.handler = handler
         self.stats_fn = stats_fn
         self.models_fn = models_fn
@@ -80,7 +86,9 @@ class RequestServer:
         self._send_lock = threading.Lock()
         self._closed = True
         self._in_flight = 0
+        self._held_bytes = 0
         self._counts: Counter[str] = Counter()
+        self._rebinder = Rebinder(self)
         self._pair_name = f"inproc://edged-replies-{next(_ids)}-{id(self)}"
 
     @property
@@ -99,9 +107,9 @@ class RequestServer:
         # (ROUTER never blocks), so a flood costs bounded memory, not an unbounded queue.
         router.rcvhwm = self.limits.hwm
         router.sndhwm = self.limits.hwm
-        # Transport hard cap: a frame above 2x max_frame_bytes makes libzmq drop the peer
-        # without buffering the rest. Between 1x and 2x the peer gets a `too_large` reply.
-        router.maxmsgsize = 2 * self.limits.max_frame_bytes
+        # Transport hard cap (per frame): above it libzmq drops the peer without buffering the
+        # rest. Between max_frame_bytes and the cap the peer gets a `too_large` reply.
+        router.maxmsgsize = self.receive_limits.transport_frame_bytes
         # ROUTER_MANDATORY stays off: a reply to a client that vanished is silently dropped.
         try:
             self._binding = SecureBinding(router, self._endpoint, self.limits)
@@ -140,7 +148,8 @@ class RequestServer:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._pair_out.close(linger=0)
         self._binding.close()
-        log.info("request_server_stopped", endpoint=self._endpoint, **self.stats())
+        self._rebinder.close()
+        log.info("request_server_stopped", **self.stats())
 
     def __enter__(self) -> RequestServer:
         self.start()
@@ -150,8 +159,19 @@ class RequestServer:
         self.stop()
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests, replies by outcome, requests in flight."""
-        return {"in_flight": self._in_flight, **dict(self._counts)}
+        """Counters, requests in flight and the bytes they hold, the endpoint really bound."""
+        return {
+            "in_flight": self._in_flight,
+            "held_bytes": self._held_bytes,
+            "limits": self.receive_limits.as_dict(),
+            **self._rebinder.stats(),
+            **dict(self._counts),
+        }
+
+    def rebind(self, settings: Settings, timeout_s: float = 5.0) -> str | None:
+        """Move to ``settings.requests_endpoint`` (SIGHUP); None when bound there, else why
+        not (the old endpoint stays bound and ``stats`` says a restart is needed)."""
+        return self._rebinder.request(settings, timeout_s)
 
     # ------------------------------------------------------------ server thread
 
@@ -161,11 +181,12 @@ class RequestServer:
         poller.register(self._pair_in, zmq.POLLIN)
         try:
             while True:
-                events = dict(poller.poll())
+                events = dict(poller.poll(self._rebinder.poll_timeout_ms()))
                 if self._pair_in in events and not self._forward_replies():
                     break
                 if self._router in events:
                     self._receive_requests()
+                self._rebinder.tick()
         finally:
             self._router.close()
             self._pair_in.close(linger=0)
@@ -179,18 +200,26 @@ class RequestServer:
                 return True
             if msg == [_STOP]:
                 return False
+            if msg == [_REBIND]:
+                self._rebinder.apply()
+                continue
+            outcome, _, held = msg[0].decode().partition("|")
             self._in_flight -= 1
-            self._counts[msg[0].decode()] += 1
+            self._held_bytes -= int(held or 0)
+            self._counts[outcome] += 1
             self._send(msg[1:])
 
     def _receive_requests(self) -> None:
         # Drain what is queued, but give completed replies a turn every few requests.
         for _ in range(16):
-            try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            got = receive(self._router, self.receive_limits)
+            if got is None:
                 return
+            frames = got.frames
             try:
+                if got.refused is not None:
+                    self._refuse(got)
+                    continue
                 self._handle(frames)
             except Exception as exc:  # a bug here must cost one request, not the server
                 log.exception("request_bug", error=type(exc).__name__)
@@ -198,15 +227,38 @@ class RequestServer:
                 rid = peek_id(body[0]) if body else None
                 self._reply_now(envelope, rid, Reply.from_error(exc))
 
+    def _refuse(self, got: Received) -> None:
+        """One ``too_large`` for a message over the frame or byte bound (already released)."""
+        envelope, body = split_envelope(got.frames)
+        self._counts["requests"] += 1
+        rid = peek_id(body[0]) if body else None
+        message = f"{got.refused} (got {got.total_bytes} bytes in {got.frame_count} frames)"
+        log.info("request_refused", id=rid, bytes=got.total_bytes, frames=got.frame_count)
+        self._reply_now(envelope, rid, Reply.from_error(TooLarge(message)))
+
+    def _busy(self, task: str | None, size: int) -> Busy | None:
+        """Busy when the in-flight count or the bytes they hold would pass their bound."""
+        if task in BUILTIN_TASKS:
+            return None
+        if self._in_flight >= self.limits.max_queue:
+            return Busy(
+                f"request queue full (zmq.max_queue = {self.limits.max_queue}); retry later"
+            )
+        if self._in_flight and self._held_bytes + size > self.receive_limits.queue_bytes:
+            return Busy(
+                f"requests in flight hold {self._held_bytes} bytes; with this one "
+                f"({size} bytes) that is over {self.receive_limits.queue_bytes} (1/8 of the "
+                "memory budget); retry later"
+            )
+        return None
+
     def _handle(self, frames: list[bytes]) -> None:
         envelope, body = split_envelope(frames)
         self._counts["requests"] += 1
         rid, task = peek(body[0]) if body else (None, None)
-        if self._in_flight >= self.limits.max_queue and task not in BUILTIN_TASKS:
-            # Before decoding: an overloaded daemon should not spend CPU on images it drops.
-            busy = Busy(
-                f"request queue full (zmq.max_queue = {self.limits.max_queue}); retry later"
-            )
+        # Before decoding: an overloaded daemon should not spend CPU on images it drops.
+        busy = self._busy(task, sum(len(f) for f in body))
+        if busy is not None:
             self._reply_now(envelope, rid, Reply.from_error(busy))
             return
         try:
@@ -218,10 +270,17 @@ class RequestServer:
         if request.task in BUILTIN_TASKS:
             self._reply_now(envelope, request.id, self._builtin(request.task))
             return
-        self._dispatch(request)
+        held = request_bytes(request)
+        busy = self._busy(request.task, held)  # decoded arrays may be bigger than the frames
+        if busy is not None:
+            self._reply_now(envelope, request.id, Reply.from_error(busy))
+            return
+        self._dispatch(request, held)
 
-    def _dispatch(self, request: Request) -> None:
+    def _dispatch(self, request: Request, held: int = 0) -> None:
         self._in_flight += 1
+        self._held_bytes += held
+        release = held
         try:
             if self._executor is not None:
                 outcome: Any = self._executor.submit(self.handler, request)
@@ -229,13 +288,15 @@ class RequestServer:
                 outcome = self.handler(request)
         except Exception as exc:  # handler refused synchronously (e.g. Busy from a scheduler)
             self._in_flight -= 1
+            self._held_bytes -= release
             self._log_failure(request, exc)
             self._reply_now(list(request.identity), request.id, Reply.from_error(exc))
             return
         if isinstance(outcome, Future):
-            outcome.add_done_callback(lambda fut: self._complete(request, fut))
+            outcome.add_done_callback(lambda fut: self._complete(request, fut, release))
             return
         self._in_flight -= 1
+        self._held_bytes -= release
         reply = self._as_reply(request, outcome)
         self._reply_now(list(request.identity), request.id, reply)
 
@@ -265,7 +326,7 @@ class RequestServer:
 
     # ------------------------------------------------------------ any thread
 
-    def _complete(self, request: Request, future: Future[Any]) -> None:
+    def _complete(self, request: Request, future: Future[Any], held: int = 0) -> None:
         """Done-callback: encode on the finishing thread, hand the frames to the server."""
         try:
             reply = self._as_reply(request, future.result())
@@ -277,8 +338,9 @@ class RequestServer:
             self._log_failure(request, exc)
             reply = Reply.from_error(exc)
             body = reply.to_frames(request.id)
-        # Frame 0 is the outcome, counted by the server thread (the counters are not shared).
-        outcome = b"ok" if reply.ok else f"error_{reply.error_code}".encode()
+        # Frame 0 is the outcome and the bytes the request held, counted by the server thread
+        # (the counters are not shared).
+        outcome = f"{'ok' if reply.ok else f'error_{reply.error_code}'}|{held}".encode()
         frames = [outcome, *request.identity, *body]
         with self._send_lock:
             if not self._closed:
@@ -308,6 +370,13 @@ class RequestServer:
             log.error(
                 "request_crashed", id=request.id, task=request.task, error=repr(exc), exc_info=exc
             )
+
+
+def request_bytes(request: Request) -> int:
+    """What a decoded request holds until its job ends: its arrays (and a little more)."""
+    task_request = request.task_request
+    arrays = (task_request.image, task_request.mask)
+    return 4096 + sum(int(getattr(a, "nbytes", 0)) for a in arrays if a is not None)
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:

@@ -113,7 +113,11 @@ class Service:
         )
         self.scheduler.start()
         self.server = RequestServer(
-            self.settings, self._handle_request, stats_fn=self.stats, models_fn=self._models
+            self.settings,
+            self._handle_request,
+            stats_fn=self.stats,
+            models_fn=self._models,
+            memory_budget=self.engine.pool.budget,
         )
         self.server.start()
         for cfg in self.settings.streams:
@@ -219,6 +223,8 @@ class Service:
             if wanted.get(name) != cfg:
                 self._remove_stream(name)
         self.settings = new
+        if self.server is not None:  # a new request endpoint: rebind, or stats say restart
+            self.server.rebind(new)
         self._warm_up([m for m in new.warmup_models if m])
         for name, cfg in wanted.items():
             if name not in self._streams:
@@ -400,4 +406,7 @@ class Service:
 
     def _status(self) -> str:
         streams = ", ".join(sorted(self._streams)) or "none"
-        return f"ready: {len(self._streams)} stream(s) [{streams}], requests on {self.settings.requests_endpoint}"
+        bound = self.server.endpoint if self.server is not None else self.settings.requests_endpoint
+        restart = getattr(self.server, "_rebinder", None)
+        note = f" ({restart.restart_needed})" if restart and restart.restart_needed else ""
+        return f"ready: {len(self._streams)} stream(s) [{streams}], requests on {bound}{note}"
