@@ -4,11 +4,15 @@ one-of-each helpers (TOML writer, file digest) the rest of the package shares.""
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
+import edged
 from edged.digest import file_sha256
 from edged.toml_text import toml_document, toml_value
 
@@ -44,3 +48,47 @@ def test_file_sha256_streams_in_chunks(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert file_sha256(path, chunk=4096) == hashlib.sha256(data).hexdigest()
+
+
+def test_public_names_import_from_the_package() -> None:
+    from edged import (  # noqa: F401 - the import is the test
+        BadRequest,
+        Client,
+        EdgedError,
+        Engine,
+        Subscriber,
+        TaskRequest,
+        TaskResult,
+        load_settings,
+    )
+    from edged.engine import Engine as EngineHome
+
+    assert Engine is EngineHome
+    assert set(edged.__all__) - {"__version__"} == set(edged._HOME)
+    errors = [getattr(edged, n) for n, home in edged._HOME.items() if home == "edged.errors"]
+    assert len(errors) == 15
+    assert all(issubclass(e, EdgedError) for e in errors)
+    assert issubclass(BadRequest, EdgedError)
+    request = TaskRequest(task="segmentation")
+    assert request.task == "segmentation"
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = edged.Nope  # type: ignore[attr-defined]
+
+
+HEAVY = ("onnxruntime", "cv2", "zmq", "openvino", "ai_edge_litert", "numpy", "pydantic")
+
+
+def _imported_after(code: str) -> list[str]:
+    probe = f"import sys; {code}; print(__import__('json').dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stderr == ""
+    loaded: list[str] = json.loads(done.stdout)
+    return [m for m in HEAVY if m in loaded]
+
+
+def test_import_edged_is_cheap_and_silent() -> None:
+    assert _imported_after("import edged") == []
+    # The control: the same probe does see a runtime once a public name needs one.
+    assert "zmq" in _imported_after("from edged import Client")
