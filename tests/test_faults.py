@@ -36,7 +36,7 @@ from edged.testing.daemon import (
 )
 from edged.wire.client import Client
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edged.daemon.service"
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edged.service"
 FAST = {
     "inbox_poll_s": 0.1,
     "reconnect_initial_s": 0.2,
@@ -242,7 +242,7 @@ def test_cameras_that_disappear_go_down_and_retry_while_other_streams_flow(
 
 def unit_stop_timeout() -> float:
     match = re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), re.M)
-    assert match, "systemd/edged.daemon.service has no TimeoutStopSec"
+    assert match, "systemd/edged.service has no TimeoutStopSec"
     return float(match.group(1))
 
 

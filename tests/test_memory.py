@@ -87,14 +87,14 @@ def test_cgroup_v2_takes_the_tightest_limit_up_the_tree(tmp_path: Path) -> None:
     make_cgroup_tree(
         tmp_path,
         version=2,
-        cgroup="/system.slice/edged.daemon.service",
-        limits={"/system.slice": "1000000000", "/system.slice/edged.daemon.service": "max"},
+        cgroup="/system.slice/edged.service",
+        limits={"/system.slice": "1000000000", "/system.slice/edged.service": "max"},
         current=123_000_000,
     )
     found = read_cgroup_memory(tmp_path)
     assert found is not None
     assert (found.version, found.max, found.current) == (2, 1_000_000_000, 123_000_000)
-    assert found.path == tmp_path / "sys/fs/cgroup/system.slice/edged.daemon.service"
+    assert found.path == tmp_path / "sys/fs/cgroup/system.slice/edged.service"
 
 
 def test_cgroup_v2_unlimited_is_none(tmp_path: Path) -> None:

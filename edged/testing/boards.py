@@ -113,7 +113,7 @@ def make_board(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     # cgroup v2 under systemd, as with the unit's MemoryMax=
-    unit = "/system.slice/edged.daemon.service"
+    unit = "/system.slice/edged.service"
     limit = "max" if cgroup_max is None else str(cgroup_max)
     return make_cgroup_tree(root, version=2, cgroup=unit, limits={unit: limit})
 
