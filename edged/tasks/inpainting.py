@@ -324,6 +324,18 @@ def inpaint_learned(
     return out, windows
 
 
+OPENCV_BYTES_PER_PX = 3 + 1 + 3
+"""cv2.inpaint: its filled copy, the uint8 mask and the result copy, per image pixel."""
+LEARNED_IMAGE_BYTES_PER_PX = 3 + 4 + 1
+"""Learned fill, per image pixel: the result copy, the int32 cluster labels, the bool mask."""
+LEARNED_BYTES_PER_PX = 1024
+"""One window run per model-input pixel until measured (feeds, activations, output)."""
+
+
+def _job_name(name: str, image: Image) -> str:
+    return f"inpainting {name} of {image.shape[1]}x{image.shape[0]}"
+
+
 def run(
     engine: Engine,
     request: TaskRequest,
@@ -351,22 +363,27 @@ def run(
     if not hole.any():
         out = image.copy()
     elif entry.family == "opencv":
-        out = inpaint_opencv(image, hole, params, entry)
+        with engine.reserve(_job_name(name, image), image[..., 0].size * OPENCV_BYTES_PER_PX):
+            out = inpaint_opencv(image, hole, params, entry)
     else:
         with engine.acquire(name, backend=request.backend) as loaded:
             t1 = time.perf_counter()  # model acquire counts as "pre"
             session = _TimedSession(loaded.session)
             io = model_io(loaded.entry, session)
-            out, windows = inpaint_learned(
-                session,
-                io,
-                image,
-                hole,
-                params,
-                entry=loaded.entry,
-                progress=progress,
-                cancel=cancel,
-            )
+            per_px = engine.pool.estimates.activation(f"{name}@{loaded.backend}")
+            window = io.size[0] * io.size[1] * (per_px or LEARNED_BYTES_PER_PX)
+            nbytes = image[..., 0].size * LEARNED_IMAGE_BYTES_PER_PX + window
+            with engine.reserve(_job_name(name, image), nbytes):
+                out, windows = inpaint_learned(
+                    session,
+                    io,
+                    image,
+                    hole,
+                    params,
+                    entry=loaded.entry,
+                    progress=progress,
+                    cancel=cancel,
+                )
             backend, run_ms = loaded.backend, session.ms
         meta["windows"] = [[w.box[1], w.box[0], w.box[3], w.box[2]] for w in windows]
     t2 = time.perf_counter()
