@@ -152,3 +152,20 @@ def test_recipe_round_trips_through_a_user_manifest(tmp_path: Path) -> None:
     path.write_text(dump_entry(entry, explicit=True))
     again: ModelEntry = load_entry(path)
     assert again.recipe == entry.recipe
+
+
+def test_infer_on_a_missing_generation_dir_names_its_convert_command(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "edged", "infer", "generation"),
+            *("--model", "lcm_dreamshaper_v7", "--prompt", "a cat"),
+            *("--output", str(tmp_path / "out.png")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "edged models convert SimianLuo/LCM_Dreamshaper_v7@" in result.stderr
+    assert not (tmp_path / "out.png").exists()

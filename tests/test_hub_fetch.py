@@ -44,7 +44,12 @@ def write_manifest(
 
 
 def fetch(
-    tmp_path: Path, hub: HubServer, *, offline: bool = False, token: str | None = None
+    tmp_path: Path,
+    hub: HubServer,
+    *,
+    offline: bool = False,
+    token: str | None = None,
+    log_level: str = "warning",
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env |= {
@@ -58,14 +63,8 @@ def fetch(
         env["HF_TOKEN"] = token
     return subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "edged",
-            "models",
-            "fetch",
-            "tiny_sr",
-            "--dir",
-            str(models_dir(tmp_path)),
+            *(sys.executable, "-m", "edged", "models", "fetch", "tiny_sr"),
+            *("--dir", str(models_dir(tmp_path)), "--log-level", log_level),
         ],
         capture_output=True,
         text=True,
@@ -90,7 +89,7 @@ def listing(directory: Path) -> list[str]:
 
 def test_fetch_installs_verified_file_in_hub_cache_layout(tmp_path: Path, hub: HubServer) -> None:
     write_manifest(tmp_path / "catalog", hub.add_file(REPO, COMMIT, "onnx/tiny.onnx", MODEL))
-    done = fetch(tmp_path, hub)
+    done = fetch(tmp_path, hub, log_level="info")
     assert done.returncode == 0, done.stderr
     assert (models_dir(tmp_path) / "tiny_sr.onnx").read_bytes() == MODEL
     assert listing(models_dir(tmp_path)) == ["tiny_sr.onnx"]
@@ -98,7 +97,11 @@ def test_fetch_installs_verified_file_in_hub_cache_layout(tmp_path: Path, hub: H
     assert (repo_cache / "snapshots" / COMMIT / "onnx" / "tiny.onnx").read_bytes() == MODEL
     assert (repo_cache / "blobs" / SHA).is_file()  # the blob is named by the LFS sha256
     assert [r.status for r in hub.requests(RESOLVE)] == [200, 200, 200]  # HEAD, HEAD, GET
-    assert "fetch.done" in done.stderr  # edged's progress reporting, not tqdm's
+    # edged's progress reporting (log lines off a TTY), not huggingface_hub's tqdm bar.
+    done_lines = [line for line in done.stderr.splitlines() if "fetch.done" in line]
+    downloaded = [line for line in done_lines if "Hub cache" not in line]
+    assert len(downloaded) == 1, done.stderr
+    assert "bytes=3000000" in downloaded[0]
 
 
 def test_resume_after_cut_connection(tmp_path: Path, hub: HubServer) -> None:
