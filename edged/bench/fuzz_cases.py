@@ -342,12 +342,15 @@ class CaseGenerator:
 
     def _prompt_case(self, rid: str) -> tuple[list[bytes], str | None]:
         n = self.rng.choice([0, 1, 77, 300, 4096, 4097, 20_000])
+        task = self.rng.choice(["generation", "text_encode"])
+        # text_encode takes only model_dir: generation's size params would be refused (typed).
+        params = {**SMALL_GEN, **self.rng.choice(GEN_PARAMS)} if task == "generation" else {}
         header = self._header(
             rid,
-            self.rng.choice(["generation", "text_encode"]),
+            task,
             model=self.rng.choice([None, *ODD_MODELS[1:5], "sd_turbo", "tiny", "tiny", "tiny"]),
             prompt=self._text(n),
-            params={**SMALL_GEN, **self.rng.choice(GEN_PARAMS)},
+            params=params,
         )
         data = json.dumps(header, ensure_ascii=False).encode("utf-8", "surrogatepass")
         return [data], rid if len(data) <= 65536 else None
