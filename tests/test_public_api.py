@@ -92,3 +92,17 @@ def test_import_edged_is_cheap_and_silent() -> None:
     assert _imported_after("import edged") == []
     # The control: the same probe does see a runtime once a public name needs one.
     assert "zmq" in _imported_after("from edged import Client")
+
+
+def test_quantization_uses_only_the_public_task_api() -> None:
+    import re
+
+    import edged.tasks
+
+    allowed = {"edged.tasks", "edged.tasks.preprocess"}
+    package = Path(edged.__file__).parent / "quantization"
+    for path in package.glob("*.py"):
+        imports = re.findall(r"^\s*(?:from|import) (edged\.tasks[\w.]*)", path.read_text(), re.M)
+        used = set(imports)
+        assert used <= allowed, f"{path.name} reaches into {sorted(used - allowed)}"
+    assert all(callable(getattr(edged.tasks, name)) for name in edged.tasks.__all__)

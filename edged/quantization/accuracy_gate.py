@@ -196,9 +196,9 @@ def seg_gate(
 
 
 def _seg_mask(entry: ModelEntry, session: Session, feed: dict[str, Any]) -> npt.NDArray[np.bool_]:
-    from edged.tasks.seg_common import map_2d, output_name
+    from edged.tasks import segmentation_map
 
-    raw = map_2d(session.run(feed)[output_name(session, entry)], entry.output.layout)
+    raw = segmentation_map(entry, session, session.run(feed))
     if entry.family == "deeplabv3":
         person = int(entry.params.get("person", 15))
         return np.asarray(np.argmax(raw, axis=2) == person)

@@ -10,12 +10,11 @@ Feeds are produced by the task code itself, not by a copy of it:
 
 * ``sr-y`` / ``sr-rgb`` -- the HR image is degraded as the model was trained
   (``entry.params.degradation``, default ``cv2.INTER_CUBIC``) and the LR image is run through
-  ``edged.tasks.superres.tile_fn`` (Y/255 or RGB at the model's layout and range) with a
+  ``edged.tasks.superres_window`` (Y/255 or RGB at the model's layout and range) with a
   session wrapper that records every feed;
-* ``mediapipe-selfie`` -- ``seg_selfie.stretch_to_tensor`` + ``seg_common.to_layout``;
-* ``deeplabv3`` -- stretched to the input size and scaled to ``entry.input.range`` (as
-  ``seg_deeplab.segment``);
-* ``lama`` / ``migan`` -- image + hole through ``inpainting.fill_window`` (recorded); the
+* ``mediapipe-selfie`` / ``deeplabv3`` -- ``edged.tasks.segmentation_feed`` (the family's
+  stretch, range and layout);
+* ``lama`` / ``migan`` -- image + hole through ``edged.tasks.inpaint_window`` (recorded); the
   directory then holds ``images/`` and ``masks/`` (same names, white = hole).
 """
 
@@ -37,6 +36,8 @@ from edged.errors import BadRequest
 from edged.models.schema import ModelEntry
 from edged.runtime.base import Array, Session
 from edged.runtime.recording import RecordingSession
+from edged.tasks import inpaint_window, segmentation_feed, superres_window
+from edged.tasks.preprocess import SEGMENTATION_FEED_FAMILIES
 
 Image = npt.NDArray[np.uint8]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -147,11 +148,7 @@ def sr_model_input(entry: ModelEntry, lr: Image) -> npt.NDArray[np.float32]:
 
 def sr_upscale_y(entry: ModelEntry, session: Session, lr: Image) -> npt.NDArray[np.float32]:
     """The model's output for ``lr`` as H x W x C float 0..1, via ``superres.tile_fn``."""
-    from edged.tasks import superres
-
-    layout = superres.model_layout(entry, session)
-    fn = superres.tile_fn(session, layout)
-    return fn(sr_model_input(entry, lr))
+    return superres_window(entry, session)(sr_model_input(entry, lr))
 
 
 def hr_crops(entry: ModelEntry, hr: Image, crop: int, per_image: int) -> list[Image]:
@@ -191,21 +188,9 @@ def sr_feeds(
 
 def seg_feed(entry: ModelEntry, session: Session, image: Image) -> dict[str, Array]:
     """One image -> the feed the segmentation family builds for it."""
-    from edged.tasks.seg_common import fixed_hw, input_spec, to_layout
-    from edged.tasks.seg_selfie import stretch_to_tensor
-
-    spec = input_spec(session, entry)
-    size = fixed_hw(spec, entry)
-    if entry.family == "mediapipe-selfie":
-        tensor = to_layout(stretch_to_tensor(image, size), entry.input.layout)
-    elif entry.family == "deeplabv3":
-        small = imaging.resize(image, size).astype(np.float32)
-        lo, hi = entry.input.range
-        scaled = small * np.float32((hi - lo) / 255.0) + np.float32(lo)
-        tensor = to_layout(scaled[None], entry.input.layout)
-    else:
+    if entry.family not in SEGMENTATION_FEED_FAMILIES:
         raise BadRequest(_unsupported(entry))
-    return {spec.name: tensor}
+    return segmentation_feed(entry, session, image)
 
 
 def _unsupported(entry: ModelEntry) -> str:
@@ -222,10 +207,8 @@ def _unsupported(entry: ModelEntry) -> str:
 def inpaint_fill(
     entry: ModelEntry, session: Session, image: Image, hole: npt.NDArray[np.bool_]
 ) -> npt.NDArray[np.float32]:
-    """The model's fill of ``image`` (float 0..255), via ``inpainting.fill_window``."""
-    from edged.tasks.inpainting import fill_window, model_io
-
-    return fill_window(session, model_io(entry, session), image, hole)
+    """The model's fill of ``image`` (float 0..255), as the inpainting task fills a window."""
+    return inpaint_window(entry, session, image, hole)
 
 
 def inpaint_feeds(
