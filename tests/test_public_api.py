@@ -106,3 +106,18 @@ def test_quantization_uses_only_the_public_task_api() -> None:
         used = set(imports)
         assert used <= allowed, f"{path.name} reaches into {sorted(used - allowed)}"
     assert all(callable(getattr(edged.tasks, name)) for name in edged.tasks.__all__)
+
+
+def test_lru_keeps_the_most_recent_and_reports_hits() -> None:
+    from edged.lru import LRU
+
+    cache: LRU[str, int] = LRU(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # "a" is now the most recent
+    cache.put("c", 3)
+    assert (cache.get("b"), len(cache)) == (None, 2)
+    assert cache.get_or_compute("a", lambda: 99) == (1, True)
+    assert cache.get_or_compute("d", lambda: 4) == (4, False)
+    cache.clear()
+    assert len(cache) == 0

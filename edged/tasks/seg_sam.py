@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy.typing as npt
 from edged.engine import Engine
 from edged.errors import BadRequest, ConfigError
 from edged.imaging import image_hash, resize, resize_float
+from edged.lru import LRU
 from edged.models.schema import ModelEntry
 from edged.tasks.base import TaskRequest
 from edged.tasks.seg_common import Image, SegOutput, Timer, input_spec
@@ -48,27 +48,11 @@ class Embedding:
     new_w: int
 
 
-class EmbeddingCache:
+class EmbeddingCache(LRU[tuple[str, ...], Embedding]):
     """A small thread-safe LRU of image embeddings."""
 
     def __init__(self, capacity: int = CACHE_ENTRIES) -> None:
-        self._items: OrderedDict[tuple[str, ...], Embedding] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, ...]) -> Embedding | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: tuple[str, ...], item: Embedding) -> None:
-        with self._lock:
-            self._items[key] = item
-            self._items.move_to_end(key)
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
+        super().__init__(capacity)
 
 
 _CACHES: weakref.WeakKeyDictionary[Engine, EmbeddingCache] = weakref.WeakKeyDictionary()

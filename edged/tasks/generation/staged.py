@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from edged.errors import BadRequest, MemoryBudgetExceeded
 from edged.log import get_logger
+from edged.lru import LRU
 from edged.runtime import config_for, open_session
 from edged.runtime.base import Session
 from edged.schema import format_bytes
@@ -67,10 +68,9 @@ def estimate_bytes(component: str, path: Path, pixels: int = REFERENCE_PIXELS) -
 class EmbeddingCache:
     """LRU of prompt embeddings keyed by (model, prompt) hash: a repeated prompt skips CLIP."""
 
-    def __init__(self, model_key: str, store: OrderedDict[str, F32], lock: threading.Lock) -> None:
+    def __init__(self, model_key: str, store: LRU[str, F32]) -> None:
         self._model_key = model_key
         self._store = store
-        self._lock = lock
         self.hits = 0
         self.misses = 0
 
@@ -78,35 +78,25 @@ class EmbeddingCache:
         return hashlib.sha256(f"{self._model_key}\0{prompt}".encode()).hexdigest()
 
     def get_or_compute(self, prompt: str, compute: Callable[[str], F32]) -> F32:
-        key = self.key(prompt)
-        with self._lock:
-            hit = self._store.get(key)
-            if hit is not None:
-                self._store.move_to_end(key)
-                self.hits += 1
-                return hit
-        value = compute(prompt)
-        with self._lock:
+        value, hit = self._store.get_or_compute(self.key(prompt), lambda: compute(prompt))
+        if hit:
+            self.hits += 1
+        else:
             self.misses += 1
-            self._store[key] = value
-            while len(self._store) > _MAX_EMBEDDINGS:
-                self._store.popitem(last=False)
         return value
 
 
-_EMBED_STORE: OrderedDict[str, F32] = OrderedDict()
-_EMBED_LOCK = threading.Lock()
+_EMBED_STORE: LRU[str, F32] = LRU(_MAX_EMBEDDINGS)
 
 
 def clear_embedding_cache() -> None:
     """Forget every cached prompt embedding (tests, and after swapping a text encoder)."""
-    with _EMBED_LOCK:
-        _EMBED_STORE.clear()
+    _EMBED_STORE.clear()
 
 
 def embedding_cache(model_key: str) -> EmbeddingCache:
     """The process-wide embedding cache seen through one model's key."""
-    return EmbeddingCache(model_key, _EMBED_STORE, _EMBED_LOCK)
+    return EmbeddingCache(model_key, _EMBED_STORE)
 
 
 class _LocalStore:
