@@ -30,6 +30,7 @@ import numpy.typing as npt
 from edged.config import Settings
 from edged.errors import EdgedError, FetchError
 from edged.log import get_logger
+from edged.optional import cv2 as _cv2
 
 log = get_logger("demo")
 
@@ -69,12 +70,6 @@ class Outcome:
     detail: str = ""
     backend: str | None = None
     latency_ms: float | None = None
-
-
-def _cv2() -> Any:
-    import cv2
-
-    return cv2
 
 
 # ---------------------------------------------------------------- downloads

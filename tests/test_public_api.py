@@ -121,3 +121,11 @@ def test_lru_keeps_the_most_recent_and_reports_hits() -> None:
     assert cache.get_or_compute("d", lambda: 4) == (4, False)
     cache.clear()
     assert len(cache) == 0
+
+
+def test_one_lazy_opencv_import_for_the_modules_that_need_it() -> None:
+    # The wire payloads and stream sources import without OpenCV; they get it on first use.
+    assert "cv2" not in _imported_after("import edged.wire.payloads, edged.daemon.sources")
+    from edged import optional
+
+    assert optional.cv2().__name__ == "cv2"

@@ -12,6 +12,7 @@ from typing import Any
 
 from edged.cli.common import add_common, settings_from_args
 from edged.errors import EdgedError, FetchError
+from edged.optional import cv2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,7 +67,7 @@ def _run(settings: Any, models: dict[str, str], photo: Any, out: Path, work: Pat
     video = demo.write_video(work / "astronaut.avi", frames)
     inbox = work / "inbox"
     inbox.mkdir()
-    small = demo._cv2().resize(photo, (128, 128), interpolation=demo._cv2().INTER_AREA)
+    small = cv2().resize(photo, (128, 128), interpolation=cv2().INTER_AREA)
     demo.write_rgb(work / ".astronaut_128.png", small)
     os.replace(work / ".astronaut_128.png", inbox / "astronaut_128.png")  # whole files only
     runtime = demo.runtime_dir()
@@ -123,7 +124,7 @@ def _inpainting(requests: str, model: str, photo: Any, out: Path) -> Any:
     from edged.wire.client import Client
 
     outcome = demo.Outcome("inpainting", model)
-    image = demo._cv2().resize(photo, (256, 256), interpolation=demo._cv2().INTER_AREA)
+    image = cv2().resize(photo, (256, 256), interpolation=cv2().INTER_AREA)
     mask = demo.hole_mask(image.shape)
     damaged = image.copy()
     damaged[mask > 0] = 255

@@ -28,6 +28,7 @@ from edged.config import ServiceSettings, StreamSettings
 from edged.daemon.supervise import Supervised
 from edged.errors import ConfigError, SourceError
 from edged.log import get_logger
+from edged.optional import cv2 as _cv2
 
 log = get_logger("sources")
 
@@ -91,12 +92,6 @@ def source_kind(source: str) -> str:
         f"stream source {source!r}: not a /dev/videoN, rtsp://, http(s)://, dir:PATH, "
         f"video ({', '.join(sorted(VIDEO_SUFFIXES))}) or image file"
     )
-
-
-def _cv2() -> Any:
-    import cv2  # heavy; imported when a source is built, never at module import
-
-    return cv2
 
 
 class _Pacer:

@@ -30,6 +30,7 @@ from edged.image_header import (
 from edged.image_header import (
     PNG_SIGNATURE as _PNG_SIGNATURE,
 )
+from edged.optional import cv2 as _cv2
 
 Encoding = Literal["png", "jpeg", "npy", "raw"]
 ENCODINGS: tuple[Encoding, ...] = ("png", "jpeg", "npy", "raw")
@@ -39,12 +40,6 @@ PNG_SIGNATURE = _PNG_SIGNATURE
 JPEG_SOI = b"\xff\xd8"
 _NPY_MAGIC = b"\x93NUMPY"
 _MAX_NPY_HEADER = 4096
-
-
-def _cv2() -> Any:
-    import cv2  # heavy: only when a payload is actually coded
-
-    return cv2
 
 
 # ---------------------------------------------------------------- image size from headers
