@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from edged.config import Settings
-from edged.errors import ModelNotFound
+from edged.errors import BackendUnavailable, BadRequest, ModelNotFound
 from edged.models.catalog import Catalog
 from edged.models.loader import LoadedModel as LoadedModel  # noqa: PLC0414 - explicit re-export (mypy strict) for callers that import it from here
 from edged.models.loader import load_model
@@ -50,6 +50,17 @@ def replica(index: int, count: int) -> Iterator[None]:
 def current_replica() -> tuple[int, int]:
     """``(index, count)`` of the model copy jobs on this thread use now; ``(0, 1)`` by default."""
     return _REPLICA.get()
+
+
+def check_backend(backend: str) -> None:
+    """A forced backend must be one edged knows: a typo is the client's ``bad_request``
+    naming the known backends, not an ``internal`` load failure."""
+    from edged.runtime import backend_spec
+
+    try:
+        backend_spec(backend)
+    except BackendUnavailable as exc:
+        raise BadRequest(f"{exc}; or send no backend for the profile's choice") from None
 
 
 class Engine:
@@ -101,6 +112,8 @@ class Engine:
         ``MODEL#rI``) running on the profile's threads divided by ``n``: copies that each
         used every core would only fight over them.
         """
+        if backend is not None:
+            check_backend(backend)
         entry = self.catalog.get(model)
         key = model if backend is None else f"{model}@{backend}"
         threads = self.profile.threads(self.settings.threads)

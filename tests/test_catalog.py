@@ -160,13 +160,16 @@ def test_verify_file_size_mismatch_and_cache(tmp_path: Path) -> None:
     verify_file(good, path)
     with pytest.raises(ModelVerificationError, match="bytes, expected"):
         verify_file(good.model_copy(update={"size": size + 1}), path)
-    # Same size and mtime_ns: the cached result stands, so the file is not rehashed
-    # (this is what keeps repeated loads cheap) ...
+    verify_file(good, path)  # unchanged: the cached result stands
+    # Same size and mtime_ns (set back with utime) but a new ctime: hashed again and caught
+    # (issue 15: the cache is keyed on inode and ctime too) ...
     stat = path.stat()
     _tamper(path, offset=size // 2)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    verify_file(good, path)
-    # ... while any write that changes mtime is caught.
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns
+    with pytest.raises(ModelVerificationError, match="has sha256"):
+        verify_file(good, path)
+    # ... and so is any write that changes mtime.
     _tamper(path, offset=size // 2 + 1)
     with pytest.raises(ModelVerificationError, match="has sha256"):
         verify_file(good, path)

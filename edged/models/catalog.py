@@ -144,7 +144,7 @@ class Catalog:
 
 # ---------------------------------------------------------------- verification
 
-_verified: dict[tuple[str, int, int], str] = {}
+_verified: dict[tuple[str, int, int, int, int], str] = {}
 _owners: dict[str, str] = {}
 """sha256 -> model name of every loaded entry's files, so errors can name the fetch command."""
 _verified_lock = threading.Lock()
@@ -165,15 +165,28 @@ def path_sha256(path: Path) -> str:
     return dir_sha256(path) if path.is_dir() else file_sha256(path)
 
 
-def _stat_key(path: Path) -> tuple[str, int, int]:
-    """(path, size, mtime_ns); for a model dir the total size and newest mtime of its files
-    (editing a file inside does not touch the dir's own mtime)."""
+def _stat_key(path: Path) -> tuple[str, int, int, int, int]:
+    """(path, size, mtime_ns, inode, ctime_ns); for a model dir the total size, the newest
+    mtime and ctime of its files and a digest of their inodes (editing a file inside does not
+    touch the dir's own times).
+
+    mtime can be set back by anyone who can write the file (``touch -d``, ``os.utime``); the
+    ctime cannot, and a replacement by rename changes the inode: with both in the key, a file
+    changed with the same size and mtime is hashed again."""
     if not path.is_dir():
         st = path.stat()
-        return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     stats = [p.stat() for p in path.rglob("*") if p.is_file()]
     newest = max((st.st_mtime_ns for st in stats), default=0)
-    return (str(path.resolve()), sum(st.st_size for st in stats) + len(stats), newest)
+    changed = max((st.st_ctime_ns for st in stats), default=0)
+    inodes = hash(tuple(sorted(st.st_ino for st in stats)))
+    return (
+        str(path.resolve()),
+        sum(st.st_size for st in stats) + len(stats),
+        newest,
+        inodes,
+        changed,
+    )
 
 
 def _fix_for(file: ModelFile, model: str | None) -> str:
@@ -188,8 +201,9 @@ def _fix_for(file: ModelFile, model: str | None) -> str:
 def verify_file(file: ModelFile, path: Path, *, model: str | None = None) -> None:
     """Raise ``ModelVerificationError`` unless ``path`` has ``file``'s size and sha256.
 
-    A good result is cached by (path, size, mtime_ns), so loading the same unchanged file
-    again does not rehash it; any write changes the mtime and forces a new check. ``model``
+    A good result is cached by (path, size, mtime_ns, inode, ctime_ns), so loading the same
+    unchanged file again does not rehash it; any write or replacement changes the ctime or the
+    inode (even when the mtime is set back) and forces a new check. ``model``
     names the entry in the fix; by default it is looked up from the loaded catalogues.
     """
     try:

@@ -5,7 +5,8 @@ Policy (docs/protocol.md, "Security"):
 - ``ipc://`` endpoints (the default) live in the runtime dir, created 0750, and the socket
   file is chmod 0660 right after bind: access is the file system's job (owner + group).
 - ``tcp://`` endpoints require CURVE: the server secret key from
-  ``zmq.curve_secret_key_file`` and the allowed client public keys from
+  ``zmq.curve_secret_key_file`` (a path, or ``credential:NAME`` for a systemd credential in
+  ``$CREDENTIALS_DIRECTORY``) and the allowed client public keys from
   ``zmq.curve_allowed_clients_dir``, checked by one ZAP handler per process. Without keys a
   tcp endpoint is refused unless ``zmq.allow_insecure_tcp = true``.
 - Rejected clients are logged (``event=zap_denied``) with their public key.
@@ -36,6 +37,7 @@ log = get_logger("zmq.security")
 ZAP_DOMAIN = "edged"
 IPC_FILE_MODE = 0o660
 RUNTIME_DIR_MODE = 0o750
+CREDENTIAL_PREFIX = "credential:"
 # sockaddr_un.sun_path is 108 bytes including the NUL on Linux.
 MAX_IPC_PATH_BYTES = 107
 
@@ -193,8 +195,38 @@ def _release_authenticator(context: zmq.Context[Any]) -> None:
             del _auth[id(context)]
 
 
+def resolve_credential(path: Path) -> Path:
+    """``credential:NAME`` -> ``$CREDENTIALS_DIRECTORY/NAME``; any other path unchanged.
+
+    Under ``DynamicUser=`` the service user changes at every start and cannot own a key file;
+    systemd hands secrets over instead (``LoadCredential=NAME``: a read-only copy only the
+    unit's user can read, in ``$CREDENTIALS_DIRECTORY``).
+    """
+    text = str(path)
+    if not text.startswith(CREDENTIAL_PREFIX):
+        return path
+    name = text.removeprefix(CREDENTIAL_PREFIX)
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"{text!r}: a credential name is one file name, e.g. credential:curve")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(
+            f"{text!r} needs $CREDENTIALS_DIRECTORY: run under systemd with "
+            f"LoadCredential={name} (see docs/service.md), or give a file path"
+        )
+    found = Path(directory) / name
+    if not found.is_file():
+        raise ConfigError(
+            f"credential {name!r} is not in $CREDENTIALS_DIRECTORY ({directory}): put the key "
+            f"in /etc/credstore/{name} or add LoadCredential={name}:/PATH to the unit"
+        )
+    return found
+
+
 def load_server_keys(path: Path) -> tuple[bytes, bytes]:
-    """(public, secret) z85 keys from a zmq.auth ``*.key_secret`` file."""
+    """(public, secret) z85 keys from a zmq.auth ``*.key_secret`` file (or a
+    ``credential:NAME``, see ``resolve_credential``)."""
+    path = resolve_credential(path)
     try:
         public, secret = zmq.auth.load_certificate(os.fspath(path))
     except (OSError, ValueError) as exc:
