@@ -14,7 +14,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -160,6 +167,26 @@ class StreamSettings(StrictModel):
         description="Frames of this stream processed at once, each on its own copy of the "
         "model with the profile's threads split between them; results stay in capture order.",
     )
+
+    @field_validator("params")
+    @classmethod
+    def _params_fit_the_task(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Checked once here, with the same typed model a request's params meet, rather than
+        # failing every frame once the stream runs (and so a SIGHUP reload refuses it). Lazy:
+        # edged.tasks.params is light (pydantic only), but the config must not import tasks
+        # at module level.
+        from edged.errors import BadRequest
+        from edged.tasks.params import validate_params
+
+        task = info.data.get("task")
+        if task is None:  # the task itself is invalid: that error is reported already
+            return value
+        try:
+            validate_params(task, value)
+        except BadRequest as exc:
+            name = info.data.get("name", "?")
+            raise ValueError(f"stream {name!r} ({task}): {exc}") from None
+        return value
 
 
 class ServiceSettings(StrictModel):
