@@ -265,3 +265,37 @@ def test_recovery_compares_job_ids_not_names(tmp_path: Path) -> None:
     assert listing(dirs.inbox) == ["cat.png"]
     assert job_id((dirs.inbox / "cat.png").stat()) == new.job
     assert len(listing(dirs.outbox)) == 2  # the old job's result is untouched
+
+
+def test_inbox_refuses_a_tiff_bomb_from_its_header_without_inflating_it(tmp_path: Path) -> None:
+    """A 12000 x 12000 deflate TIFF (~150 kB) is too_large before any pixel is decoded.
+
+    Run in a fresh interpreter so its peak RSS belongs to this decode alone: decoding the
+    bomb would take ~144 MB (grey) to ~430 MB (as RGB).
+    """
+    import subprocess
+    import sys
+
+    from edged.bench.hostile import tiff_bomb
+
+    bomb = tmp_path / "bomb.tiff"
+    bomb.write_bytes(tiff_bomb(12_000))
+    code = (
+        "import resource, sys; from pathlib import Path\n"
+        "from edged.daemon.inbox_files import decode_dropped\n"
+        "from edged.errors import TooLarge\n"
+        "data = Path(sys.argv[1]).read_bytes()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    decode_dropped('bomb.tiff', data, 40_000_000)\n"
+        "    print('decoded')\n"
+        "except TooLarge as exc:\n"
+        "    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "    print('too_large', grew * 1024, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, check=True
+    ).stdout.split(maxsplit=2)
+    assert out[0] == "too_large", out
+    assert int(out[1]) < 50_000_000, f"the decode grew the peak by {int(out[1]) >> 20} MB"
+    assert "12000" in out[2]

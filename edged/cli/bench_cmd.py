@@ -17,6 +17,7 @@ SUITES: tuple[str, ...] = (
     "stream",
     "fuzz",
     "soak",
+    "reliability",
     "superres",
     "quantization",
     "swap",
