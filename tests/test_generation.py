@@ -163,13 +163,24 @@ def test_progress_per_step_and_cancel(engine: Engine, sd_dir: Path) -> None:
         prompt="blue sky",
         params={"width": 64, "height": 64, "steps": 3},
     )
-    engine.run(request, progress=lambda step, total, msg: events.append((step, total)))
-    assert events == [(1, 3), (2, 3), (3, 3)]
+    messages: list[str] = []
+
+    def record(step: int, total: int, message: str) -> None:
+        events.append((step, total))
+        messages.append(message)
+
+    engine.run(request, progress=record)
+    # One count over the request: text encoder, 3 UNet steps, 1 decoder run (8x8 latents).
+    assert events == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+    assert messages[0] == "text_encoder: done"
+    assert messages[1].startswith("unet: step 1/3")
+    assert messages[4] == "decoder: tile 1/1"
 
     cancel = threading.Event()
 
     def stop_after_first(step: int, total: int, message: str) -> None:
-        cancel.set()
+        if message.startswith("unet: step 1/"):
+            cancel.set()
 
     with pytest.raises(Cancelled, match="step 2/3"):
         engine.run(request, progress=stop_after_first, cancel=cancel)
@@ -257,11 +268,11 @@ def test_tiny_decoders_decode_real_encoder_latents(
 
 
 def test_pool_budget_is_never_exceeded(tmp_path: Path) -> None:
-    """A 40 MB UNet under a 120 MB budget: auto picks staged; sampled RSS stays in budget."""
+    """A 40 MB UNet under a 100 MB budget, staged: sampled RSS stays in budget."""
     from edged.memory import PeakSampler, release_memory, rss_bytes
 
     heavy = make_tiny_sd_dir(tmp_path / "heavy", unet_ballast_mb=40)
-    budget = 120_000_000
+    budget = 100_000_000
     clear_embedding_cache()
     eng = Engine(load_settings(overrides={"memory_budget": budget}))
     held: list[int] = []
@@ -274,7 +285,7 @@ def test_pool_budget_is_never_exceeded(tmp_path: Path) -> None:
                     "generation",
                     str(heavy),
                     prompt="a dog",
-                    params={"width": 64, "height": 64, "steps": 2},
+                    params={"width": 64, "height": 64, "steps": 2, "residency": "staged"},
                 ),
                 progress=lambda *_: held.append(eng.pool.stats()["resident_bytes"]),
             )

@@ -21,9 +21,11 @@ from edged.engine import Engine
 from edged.errors import BadRequest
 from edged.graph.split import split_model
 from edged.tasks.base import TaskRequest
+from edged.tasks.generation import stage_needs
 from edged.tasks.generation.lora import read_safetensors
-from edged.tasks.generation.staged import clear_embedding_cache, estimate_bytes
+from edged.tasks.generation.staged import clear_embedding_cache
 from edged.testing import make_tiny_lora, make_tiny_sd_dir, name_like_exporter
+from edged.testing.generation import make_tiny_unet
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +96,19 @@ def test_lora_equals_the_weights_merged_offline(engine: Engine, sd: Path, tmp_pa
 def test_lora_with_the_unet_in_parts(sd: Path, tmp_path: Path) -> None:
     root = tmp_path / "parted"
     shutil.copytree(sd, root)
+    # 2 x 4 MB of ballast: the whole UNet can miss a budget its parts fit.
+    make_tiny_unet(root / "unet" / "model.onnx", ballast_mb=8, ballast_pieces=2)
+    name_like_exporter(root / "unet" / "model.onnx")
     split_model(root / "unet" / "model.onnx", root / "unet" / "parts", 2)
     clear_embedding_cache()
     whole = Engine(load_settings())
     try:
         reference = image(whole, root, lora="style", residency="resident")
+        budget = stage_needs(whole, root, pixels=64 * 64)["unet"] - 1
     finally:
         whole.close()
-    budget = estimate_bytes("unet", root / "unet" / "model.onnx", 64 * 64) - 1
     clear_embedding_cache()
-    tight = Engine(load_settings(overrides={"memory_budget": max(budget, 8_000_000)}))
+    tight = Engine(load_settings(overrides={"memory_budget": budget}))
     try:
         result = tight.run(
             TaskRequest(

@@ -168,17 +168,27 @@ def test_sdxl_unet_in_parts_gets_its_extra_inputs(tmp_path: Path) -> None:
     """`edged models split` on an SDXL UNet: text_embeds and time_ids reach the part that
     reads them, and staged mode under a budget below the whole UNet gives the same image."""
     from edged.cli import main
-    from edged.tasks.generation.staged import estimate_bytes
+    from edged.tasks.generation import stage_needs
+    from edged.testing.generation import make_tiny_unet
+    from edged.testing.sdxl import DIMS, POOLED
 
     root = make_tiny_sdxl_dir(tmp_path / "xl")
+    # Heavy enough (2 x 4 MB of ballast) that the whole UNet can miss a budget its parts fit.
+    make_tiny_unet(
+        root / "unet" / "model.onnx",
+        ctx_dim=sum(DIMS),
+        sdxl_pooled=POOLED,
+        ballast_mb=8,
+        ballast_pieces=2,
+    )
     assert main(["models", "split", str(root), "--parts", "2"]) == 0
     clear_embedding_cache()
     resident = Engine(load_settings())
     try:
         reference = _generate(resident, root, residency="resident", seed=5, width=128, height=128)
+        budget = stage_needs(resident, root, pixels=128 * 128)["unet"] - 1
     finally:
         resident.close()
-    budget = estimate_bytes("unet", root / "unet" / "model.onnx", 128 * 128) - 1
     clear_embedding_cache()
     engine = Engine(load_settings(overrides={"memory_budget": budget}))
     try:

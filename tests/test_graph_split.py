@@ -21,7 +21,8 @@ from edged.engine import Engine
 from edged.errors import BadRequest, ModelLoadError
 from edged.graph.split import choose_cuts, read_parts, split_model
 from edged.tasks.base import TaskRequest
-from edged.tasks.generation.staged import clear_embedding_cache, estimate_bytes
+from edged.tasks.generation import stage_needs
+from edged.tasks.generation.staged import clear_embedding_cache
 from edged.testing import make_tiny_sd_dir
 from edged.testing.generation import make_tiny_unet
 
@@ -122,20 +123,19 @@ def test_staged_generation_runs_the_unet_in_parts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Budget below the whole UNet's estimate: staged runs it part by part, same image."""
-    sd = make_tiny_sd_dir(tmp_path / "heavy", unet_ballast_mb=24)
+    sd = make_tiny_sd_dir(tmp_path / "heavy", unet_ballast_mb=24, unet_ballast_pieces=3)
     assert main(["models", "split", str(sd), "--parts", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["parts"]) == 3
-    unet = sd / "unet" / "model.onnx"
     clear_embedding_cache()
     resident = Engine(load_settings())
     try:
         reference = _generate(resident, sd, residency="resident", steps=2, width=256, height=256)
         assert reference.meta["unet_parts"] == 0
+        # Whole UNet: 2 x 24 MB (the pool's size rule); each ~8 MB part fits, the whole not.
+        budget = stage_needs(resident, sd, pixels=256 * 256)["unet"] - 1
     finally:
         resident.close()
-    # Whole UNet: 24 MB + 128 MB working memory at 256x256; each part fits, the whole does not.
-    budget = estimate_bytes("unet", unet, 256 * 256) - 1
     clear_embedding_cache()
     engine = Engine(load_settings(overrides={"memory_budget": budget}))
     try:

@@ -306,20 +306,28 @@ class ModelPool(Generic[T]):
         """
         fixed = [s for s in self._slots.values() if not s.loading and self._is_pinned(s)]
         room = self.budget - sum(s.cost for s in fixed)
-        known = self.estimates.get(key)
-        if known is not None:
-            least = max(known.peak_bytes, known.resident_bytes)
-            need, how = int(least * (1 + PEAK_MARGIN)), "measured"
-        elif estimate:
-            least = int(max(estimate, MIN_COST) * MIN_PEAK_FACTOR)
-            need = max(int(estimate * LOAD_PEAK_FACTOR), GUESS_FLOOR)
-            how = "estimated from its size"
-        else:
-            least, need, how = MIN_COST, int(DEFAULT_ESTIMATE * LOAD_PEAK_FACTOR), "no estimate"
+        least, need, how = self.load_need(key, estimate)
         if least > room:
             self._n.refused += 1
             raise MemoryBudgetExceeded(self._refusal(key, least, how, fixed, room))
         return min(need, room)
+
+    def load_need(self, key: str, estimate: int | None) -> tuple[int, int, str]:
+        """(least ``acquire`` admits, bytes it reserves, how known) for loading ``key``.
+
+        The least is the measured load peak when ``key`` was measured, else ``estimate``
+        (its size) x MIN_PEAK_FACTOR: callers that plan what fits (generation's residency
+        and UNet parts) use this so they never choose what the pool would refuse.
+        """
+        known = self.estimates.get(key)
+        if known is not None:
+            least = max(known.peak_bytes, known.resident_bytes)
+            return least, int(least * (1 + PEAK_MARGIN)), "measured"
+        if estimate:
+            least = int(max(estimate, MIN_COST) * MIN_PEAK_FACTOR)
+            need = max(int(estimate * LOAD_PEAK_FACTOR), GUESS_FLOOR)
+            return least, need, "estimated from its size"
+        return MIN_COST, int(DEFAULT_ESTIMATE * LOAD_PEAK_FACTOR), "no estimate"
 
     def _plan(self, key: str, estimate: int | None) -> tuple[int, list[Slot[T]] | None]:
         """(bytes to reserve, victims that make room); victims None if it must wait."""

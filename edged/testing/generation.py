@@ -87,6 +87,30 @@ def make_tiny_text_encoder(path: Path, vocab: int, dim: int = 32, seed: int = 1)
     return save_model(graph, path)
 
 
+def _ballast_names(pieces: int) -> list[tuple[str, int]]:
+    return [("Wb", 1)] if pieces <= 1 else [(f"Wb{i}", pieces) for i in range(pieces)]
+
+
+def _ballast_nodes(h: Any, pieces: int) -> list[Any]:
+    """ctx @ Wb -> mean -> bmean; with pieces, the sum of each piece's mean (one node each)."""
+    if pieces <= 1:
+        return [
+            h.make_node("MatMul", ["ctx", "Wb"], ["ballast"]),
+            h.make_node("ReduceMean", ["ballast"], ["bmean"], axes=[1], keepdims=1),
+        ]
+    nodes, total = [], ""
+    for i in range(pieces):
+        nodes.append(h.make_node("MatMul", ["ctx", f"Wb{i}"], [f"ballast{i}"]))
+        nodes.append(h.make_node("ReduceMean", [f"ballast{i}"], [f"bm{i}"], axes=[1], keepdims=1))
+        if total:
+            out = "bmean" if i == pieces - 1 else f"bsum{i}"
+            nodes.append(h.make_node("Add", [total, f"bm{i}"], [out]))
+            total = out
+        else:
+            total = f"bm{i}"
+    return nodes
+
+
 def make_tiny_unet(
     path: Path,
     *,
@@ -96,12 +120,14 @@ def make_tiny_unet(
     timestep_int64: bool = False,
     ballast_mb: float = 0.0,
     sdxl_pooled: int = 0,
+    ballast_pieces: int = 1,
 ) -> Path:
     """UNet IO: (sample [B,4,h,w], timestep [B], encoder_hidden_states [B,77,D]) -> out_sample.
 
     Conv in/out plus a token-mixing MatMul so int8/int4 quantizers have real work to do.
     ``ballast_mb`` adds a text-projection weight of that size (used, so never optimised away)
-    to make the UNet heavy enough for memory-budget tests. ``sdxl_pooled`` > 0 adds SDXL's
+    to make the UNet heavy enough for memory-budget tests (in ``ballast_pieces`` weights of
+    consecutive nodes, so a split can divide it). ``sdxl_pooled`` > 0 adds SDXL's
     ``text_embeds`` [B, P] and ``time_ids`` [B, 6] inputs, both added to the time embedding.
     """
     onnx = _onnx()
@@ -113,8 +139,7 @@ def make_tiny_unet(
         h.make_node("Sin", ["tp"], ["tsin"]),
         h.make_node("ReduceMean", ["encoder_hidden_states"], ["ctx"], axes=[1], keepdims=0),
         h.make_node("MatMul", ["ctx", "Wc"], ["cproj0"]),
-        h.make_node("MatMul", ["ctx", "Wb"], ["ballast"]),
-        h.make_node("ReduceMean", ["ballast"], ["bmean"], axes=[1], keepdims=1),
+        *_ballast_nodes(h, ballast_pieces),
         h.make_node("Add", ["cproj0", "bmean"], ["cproj"]),
         h.make_node("Add", ["tsin", "cproj"], ["emb"]),
         h.make_node("Unsqueeze", ["emb", "ax23"], ["emb4"]),
@@ -136,7 +161,10 @@ def make_tiny_unet(
         onnx.numpy_helper.from_array(np.array([0, c, -1], np.int64), "flat"),
         _init(onnx, rng, "Wt", (1, c), 0.01),
         _init(onnx, rng, "Wc", (ctx_dim, c), ctx_dim**-0.5),
-        _init(onnx, rng, "Wb", (ctx_dim, max(1, int(ballast_mb * 1e6 / 4 / ctx_dim))), 0.01),
+        *[
+            _init(onnx, rng, name, (ctx_dim, max(1, int(ballast_mb * 1e6 / 4 / ctx_dim / n))), 0.01)
+            for name, n in _ballast_names(ballast_pieces)
+        ],
         _init(onnx, rng, "Win", (c, 4, 3, 3), 0.1),
         _init(onnx, rng, "bin", (c,), 0.1),
         _init(onnx, rng, "Wq", (c, c), c**-0.5),
@@ -231,6 +259,7 @@ def make_tiny_sd_dir(
     timestep_int64: bool = False,
     unet_ballast_mb: float = 0.0,
     unet_channels: int = 64,
+    unet_ballast_pieces: int = 1,
 ) -> Path:
     """A diffusers/optimum ONNX layout with tiny real-IO graphs (SD-Turbo-like by default).
 
@@ -248,6 +277,7 @@ def make_tiny_sd_dir(
         channels=unet_channels,
         timestep_int64=timestep_int64,
         ballast_mb=unet_ballast_mb,
+        ballast_pieces=unet_ballast_pieces,
     )
     make_tiny_vae_decoder(dest / "vae_decoder" / "model.onnx")
     write_scheduler(dest, scheduler)

@@ -20,7 +20,7 @@ from edged.errors import BadRequest, ModelNotFound
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
 from edged.tasks.generation import sdxl
 from edged.tasks.generation.lora import choose as lora_choice
-from edged.tasks.generation.parts import wants_parts
+from edged.tasks.generation.parts import component_parts, component_session
 from edged.tasks.generation.pipeline import (
     EmbedFn,
     GenParams,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from edged.engine import Engine
     from edged.models.schema import ModelEntry
 
-__all__ = ["encode_text", "resolve_model_dir", "run"]
+__all__ = ["encode_text", "resolve_model_dir", "run", "stage_needs"]
 
 
 def resolve_model_dir(engine: Engine | None, name: str | None) -> Path:
@@ -83,6 +83,28 @@ def _residency(
     )
 
 
+def stage_needs(
+    engine: Engine | None, root: Path, *, pixels: int = 512 * 512, decoder: str = "vae"
+) -> dict[str, int]:
+    """Each component's need loaded whole (``Residency.need``: what the plan compares with the
+    budget), e.g. to pick a budget that forces parts, or to see where the bytes go."""
+    from edged.tasks.generation import decoders
+
+    model = ModelDir.load(root)
+    residency = _residency(engine, model, "staged", decoder, pixels)
+    out = {name: residency.need(name, path) for name, path in _encoders(root).items()}
+    out["unet"] = residency.need("unet", model.component("unet"))
+    path = decoders.resolve(engine, decoder, root)[0]
+    out["decoder"] = residency.need(f"decoder:{decoder}", path, tile=0)
+    return out
+
+
+def _encoders(root: Path) -> dict[str, Path]:
+    """The local text encoders a request loads (SDXL-class dirs have two)."""
+    names = ("text_encoder", "text_encoder_2") if sdxl.is_sdxl(root) else ("text_encoder",)
+    return {name: _text_encoder_path(root, name) for name in names}
+
+
 def _text_encoder_path(root: Path, name: str = "text_encoder") -> Path:
     path = root / name / "model.onnx"
     if not path.is_file():
@@ -98,7 +120,8 @@ def local_embedder(root: Path, residency: Residency) -> EmbedFn:
     path = _text_encoder_path(root)
 
     def embed(prompt: str) -> npt.NDArray[np.float32]:
-        with residency.use("text_encoder", path) as session:
+        manifest = component_parts(residency, "text_encoder", path)
+        with component_session(residency, "text_encoder", path, manifest) as session:
             return run_text_encoder(session, tokenizer.encode(prompt))
 
     return embed
@@ -112,7 +135,8 @@ def _sdxl_embedder(root: Path, residency: Residency) -> EmbedFn:
     def embed(prompt: str) -> npt.NDArray[np.float32]:
         outputs = []
         for name, path, tokenizer in zip(names, paths, tokenizers, strict=True):
-            with residency.use(name, path) as session:
+            manifest = component_parts(residency, name, path)
+            with component_session(residency, name, path, manifest) as session:
                 outputs.append(run_encoder(session, tokenizer.encode(prompt)))
             residency.release(name)  # staged: one CLIP at a time
         hidden = np.concatenate([sdxl.penultimate(o) for o in outputs], axis=-1)
@@ -188,11 +212,21 @@ def run(
         cache = embedding_cache(str(model.component("text_encoder")))
     timings: dict[str, float] = {}
     hits = cache.hits
+    encoders = {} if remote else _encoders(model.root)
     image = generate(
-        model, params, residency, embed, cache, progress=progress, cancel=cancel, timings=timings
+        model,
+        params,
+        residency,
+        embed,
+        cache,
+        progress=progress,
+        cancel=cancel,
+        timings=timings,
+        encoders=encoders,
     )
     total = (time.perf_counter() - start) * 1000
-    parts = wants_parts(model, residency)
+    unet_parts = int(timings.pop("unet_parts", 0))
+    decoder_tile = int(timings.pop("decoder_tile", 0))
     meta = {
         "seed": params.seed,
         "steps": params.steps,
@@ -200,11 +234,11 @@ def run(
         "family": model.family,
         "scheduler": scheduler_config(model, params).kind,
         "residency": residency.strategy,
-        "unet_parts": len(parts.parts) if parts is not None else 0,
+        "unet_parts": unet_parts,
         "lora": residency.lora.adapter.path.name if residency.lora else None,
         "lora_scale": residency.lora.scale if residency.lora else None,
         "decoder": params.decoder,
-        "decoder_tile": params.decoder_tile,
+        "decoder_tile": decoder_tile,
         "text_encoder": "remote" if remote else "local",
         "embedding_cache_hit": cache.hits > hits,
         "seconds_per_stage": timings,

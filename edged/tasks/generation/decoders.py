@@ -16,9 +16,10 @@ one draws wrong colours from the other, so each family also names its latent spa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -150,6 +151,7 @@ def decode_tiled(
     *,
     tile: int = 32,
     overlap: int = 8,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> F32:
     """Decode overlapping ``tile`` x ``tile`` latent tiles and feather them together.
 
@@ -160,20 +162,33 @@ def decode_tiled(
     """
     _, _, h, w = latents.shape
     if tile <= overlap or (h <= tile and w <= tile):
-        return decode(session, family, latents, scaling)
+        image = decode(session, family, latents, scaling)
+        if on_tile is not None:
+            on_tile(1, 1)
+        return image
     out: F32 | None = None
     weight = np.zeros((1, 1, 8 * h, 8 * w), np.float32)
-    for y in _starts(h, tile, overlap):
-        for x in _starts(w, tile, overlap):
-            th, tw = min(tile, h), min(tile, w)
-            part = decode(session, family, latents[:, :, y : y + th, x : x + tw], scaling)
-            if out is None:
-                out = np.zeros((part.shape[0], 3, 8 * h, 8 * w), np.float32)
-            mask = np.outer(_ramp(y, th, h, overlap), _ramp(x, tw, w, overlap))[None, None]
-            out[:, :, 8 * y : 8 * (y + th), 8 * x : 8 * (x + tw)] += part * mask
-            weight[:, :, 8 * y : 8 * (y + th), 8 * x : 8 * (x + tw)] += mask
+    starts = [(y, x) for y in _starts(h, tile, overlap) for x in _starts(w, tile, overlap)]
+    for index, (y, x) in enumerate(starts, 1):
+        th, tw = min(tile, h), min(tile, w)
+        part = decode(session, family, latents[:, :, y : y + th, x : x + tw], scaling)
+        if on_tile is not None:
+            on_tile(index, len(starts))
+        if out is None:
+            out = np.zeros((part.shape[0], 3, 8 * h, 8 * w), np.float32)
+        mask = np.outer(_ramp(y, th, h, overlap), _ramp(x, tw, w, overlap))[None, None]
+        out[:, :, 8 * y : 8 * (y + th), 8 * x : 8 * (x + tw)] += part * mask
+        weight[:, :, 8 * y : 8 * (y + th), 8 * x : 8 * (x + tw)] += mask
     assert out is not None
     return np.asarray(out / np.maximum(weight, 1e-6), dtype=np.float32)
+
+
+def tile_count(params: Any, tile: int, overlap: int = 8) -> int:
+    """How many decoder runs ``decode_tiled`` makes for ``params``' size at ``tile``."""
+    h, w = params.height // 8, params.width // 8
+    if tile <= overlap or (h <= tile and w <= tile):
+        return 1
+    return len(_starts(h, tile, overlap)) * len(_starts(w, tile, overlap))
 
 
 def _starts(n: int, tile: int, overlap: int) -> list[int]:

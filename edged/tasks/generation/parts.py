@@ -31,12 +31,14 @@ def _specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in items)
 
 
-class PartedUnet:
-    """Session-like: ``run`` feeds the parts in order through ``residency``."""
+class PartedSession:
+    """Session-like: ``run`` feeds the parts in order through ``residency`` (UNet or text
+    encoder: ``component`` names them ``{component}:part{i}``)."""
 
-    def __init__(self, manifest: Manifest, residency: Residency) -> None:
+    def __init__(self, manifest: Manifest, residency: Residency, component: str = "unet") -> None:
         self.manifest = manifest
         self.residency = residency
+        self.component = component
         self.backend = "onnx:cpu"
         self.inputs = _specs(manifest.inputs)
         self.outputs = _specs(manifest.outputs)
@@ -44,7 +46,7 @@ class PartedUnet:
     def run(self, feeds: Feeds) -> dict[str, Array]:
         env: dict[str, Any] = dict(feeds)
         for index, part in enumerate(self.manifest.parts):
-            component = f"unet:part{index}"
+            component = f"{self.component}:part{index}"
             with self.residency.use(component, self.manifest.directory / part.path) as session:
                 env.update(session.run({name: env[name] for name in part.inputs}))
             self.residency.release(component)
@@ -64,35 +66,42 @@ def _read_later(manifest: Manifest, index: int, name: str) -> bool:
     return any(name in part.inputs for part in manifest.parts[index + 1 :])
 
 
+PartedUnet = PartedSession
+
+
 def unet_parts(unet_dir: Path) -> Manifest | None:
     return read_parts(unet_dir / PARTS_DIR)
 
 
 def wants_parts(model: ModelDir, residency: Residency) -> Manifest | None:
-    """The parts to run, or None for the whole UNet.
+    """The UNet parts to run, or None for the whole UNet (see ``component_parts``)."""
+    return component_parts(residency, "unet", model.component("unet"))
 
-    Parts only in staged residency, and only when the whole UNet (weights + working memory)
-    would not fit the budget: with several steps the whole UNet loads once, parts once per step.
-    """
-    from edged.tasks.generation.staged import estimate_bytes
 
-    if residency.strategy != "staged":
+def component_parts(residency: Residency, component: str, path: Path) -> Manifest | None:
+    """The parts to run, or None for the whole model: the whole model when its need (the
+    pool's rule, see ``Residency.need``) fits the budget, else the dir's parts
+    (``budget.plan`` refuses first when those do not fit either). With several steps the
+    whole UNet loads once, parts once per step, so parts only when they are needed."""
+    from edged.tasks.generation.budget import choice
+
+    if residency.budget is None:
         return None
-    manifest = unet_parts(model.component("unet").parent)
-    if manifest is None:
-        return None
-    whole = estimate_bytes("unet", model.component("unet"), residency.pixels)
-    if residency.budget is not None and whole <= residency.budget:
-        return None
-    return manifest
+    return choice(residency, component, path, residency.budget)[0]
 
 
 @contextmanager
-def unet_session(model: ModelDir, residency: Residency) -> Iterator[Session]:
-    """The UNet for the denoising loop: whole (pinned for all steps) or in parts."""
-    manifest = wants_parts(model, residency)
+def component_session(
+    residency: Residency, component: str, path: Path, manifest: Manifest | None = None
+) -> Iterator[Session]:
+    """``component`` whole (pinned for the block) or in ``manifest``'s parts."""
     if manifest is not None:
-        yield PartedUnet(manifest, residency)
+        yield PartedSession(manifest, residency, component)
         return
-    with residency.use("unet", model.component("unet")) as session:
+    with residency.use(component, path) as session:
         yield session
+
+
+def unet_session(model: ModelDir, residency: Residency, manifest: Manifest | None = None) -> Any:
+    """The UNet for the denoising loop: whole or in ``manifest``'s parts."""
+    return component_session(residency, "unet", model.component("unet"), manifest)

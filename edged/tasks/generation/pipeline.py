@@ -231,33 +231,69 @@ def generate(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     timings: dict[str, float] | None = None,
+    encoders: dict[str, Path] | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """The whole pipeline; ``timings`` (if given) receives seconds per stage."""
+    """The whole pipeline; ``timings`` (if given) receives seconds per stage (and the plan's
+    ``unet_parts`` and ``decoder_tile``). ``encoders``: the local text encoders to plan for
+    (none when the embeddings come from a remote edged)."""
     import time
+
+    from edged.tasks.generation.budget import plan as make_plan
 
     clock = timings if timings is not None else {}
     decoder_path, family = decoders.resolve(residency.engine, params.decoder, model.root)
     # A decoder of other latents is refused now, not after the UNet steps.
     decoders.check_space(family, "sdxl" if model.sdxl else "sd")
+    component = f"decoder:{params.decoder}"
+    # What fits is decided before anything loads: a refusal costs no model load.
+    chosen = make_plan(
+        model, residency, encoders or {}, (component, decoder_path), params.decoder_tile
+    )
+    units = StageProgress(progress, params.steps, decoders.tile_count(params, chosen.decoder_tile))
     start = time.perf_counter()
     embeddings = encode_prompts(model, params, embed, cache)
     residency.release("text_encoder")
     residency.release("text_encoder_2")
     clock["text_encoder"] = time.perf_counter() - start
+    units.tick("text_encoder: done")
     if cancel is not None and cancel.is_set():
         raise Cancelled("generation cancelled after text encoding")
     start = time.perf_counter()
-    with unet_session(model, residency) as unet:
-        latents = denoise(model, params, unet, embeddings, progress=progress, cancel=cancel)
+    with unet_session(model, residency, chosen.parts) as unet:
+        latents = denoise(model, params, unet, embeddings, progress=units.step, cancel=cancel)
     residency.release("unet")
     clock["unet"] = time.perf_counter() - start
     start = time.perf_counter()
     decoders.check_pairing(family, int(latents.shape[1]))
-    with residency.use(f"decoder:{params.decoder}", decoder_path) as dec:
-        tile = params.decoder_tile
-        if tile is None:
-            tile = 32 if residency.strategy == "staged" else 0
-        image = decoders.decode_tiled(dec, family, latents, model.vae_scaling, tile=tile)
-    residency.release(f"decoder:{params.decoder}")
+    with residency.use(component, decoder_path) as dec:
+        image = decoders.decode_tiled(
+            dec, family, latents, model.vae_scaling, tile=chosen.decoder_tile, on_tile=units.tile
+        )
+    residency.release(component)
     clock["decoder"] = time.perf_counter() - start
+    clock["unet_parts"] = float(len(chosen.parts.parts)) if chosen.parts is not None else 0.0
+    clock["decoder_tile"] = float(chosen.decoder_tile)
     return decoders.to_uint8(image)
+
+
+class StageProgress:
+    """One progress count over the whole request: the text encoder, every UNet step and
+    every decoder tile is a unit, so a client can show how far along it is and estimate the
+    rest (``message`` names the stage: ``text_encoder: done``, ``unet: step 2/4 t=499``,
+    ``decoder: tile 3/9``)."""
+
+    def __init__(self, progress: ProgressFn | None, steps: int, tiles: int) -> None:
+        self.progress = progress
+        self.total = 1 + steps + tiles
+        self.done = 0
+
+    def tick(self, message: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, message)
+
+    def step(self, step: int, total: int, message: str) -> None:
+        self.tick(f"unet: {message}")
+
+    def tile(self, index: int, total: int) -> None:
+        self.tick(f"decoder: tile {index}/{total}")

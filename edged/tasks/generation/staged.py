@@ -42,7 +42,19 @@ STRATEGIES = ("auto", "resident", "staged")
 # Working memory a component needs on top of its weights for a 512x512 image (activations,
 # ORT scratch), scaled by pixel count for other sizes: from `edged bench generation` on the
 # full-size SD-Turbo architecture, rounded up. The text encoder's does not depend on size.
-ACTIVATION_BYTES = {"text_encoder": 64 << 20, "unet": 512 << 20, "decoder": 768 << 20}
+# Working memory a component needs on top of the weights it reads, for a 512x512 image
+# (activations, ORT scratch), scaled by pixel count for other sizes (not the text encoder's):
+# (measured on the full-size SD-Turbo architecture and rounded up, x read weights), the
+# smaller applies. Activations grow with a model's width, weights with its square, so the
+# ratio keeps tiny test graphs from being charged a full-size model's activations.
+ACTIVATION_BYTES: dict[str, tuple[int, float]] = {
+    "text_encoder": (64 << 20, 0.25),
+    "unet": (512 << 20, 0.6),
+    "unet_part": (128 << 20, 2.0),
+    "decoder": (1 << 30, 5.5),
+    # TAESD-class decoders (vaelight, taesd, taef2): ~0.9-1.1 kB per output pixel measured.
+    "light_decoder": (288 << 20, 1e6),
+}
 REFERENCE_PIXELS = 512 * 512
 _MAX_EMBEDDINGS = 64
 
@@ -55,14 +67,44 @@ def weights_bytes(path: Path) -> int:
     return total
 
 
+def _kind(component: str) -> str:
+    if component.startswith("decoder"):
+        return "decoder" if component == "decoder:vae" else "light_decoder"
+    if component.startswith("unet:part"):
+        return "unet_part"
+    # SDXL's second CLIP, and text encoders in parts.
+    return "text_encoder" if component.startswith("text_encoder") else component
+
+
+def work_bytes(component: str, weights: int, pixels: int = REFERENCE_PIXELS) -> int:
+    """Working memory (activations, ORT scratch) of a component reading ``weights`` bytes."""
+    kind = _kind(component)
+    cap, ratio = ACTIVATION_BYTES.get(kind, (64 << 20, 1.0))
+    work = min(cap, int(weights * ratio))
+    return work if kind == "text_encoder" else work * pixels // REFERENCE_PIXELS
+
+
 def estimate_bytes(component: str, path: Path, pixels: int = REFERENCE_PIXELS) -> int:
-    """Weights plus working memory of one component for an image of ``pixels``."""
-    kind = "decoder" if component.startswith("decoder") else component
-    kind = "text_encoder" if kind == "text_encoder_2" else kind  # SDXL's second CLIP
-    work = ACTIVATION_BYTES.get(kind, 64 << 20)
-    if kind != "text_encoder":
-        work = work * pixels // REFERENCE_PIXELS
-    return weights_bytes(path) + work
+    """Weights a run reads plus working memory of one component for an image of ``pixels``."""
+    weights = read_bytes(path)
+    return weights + work_bytes(component, weights, pixels)
+
+
+def part_need(component: str, weights: int, pixels: int) -> int:
+    """What a part of ``weights`` bytes needs: the pool's size rule or weights + work."""
+    from edged.pool.model_pool import MIN_PEAK_FACTOR
+
+    own = weights + work_bytes(f"{component}:part0", weights, pixels)
+    return max(int(weights * MIN_PEAK_FACTOR), own)
+
+
+def read_bytes(path: Path) -> int:
+    """Bytes of ``path`` one run brings into memory: the graph, and the weights minus the
+    rows of embedding tables it does not gather (onnxruntime maps external data, so a
+    CLIP token table of 49408 rows costs the ~77 rows a prompt reads, not 200 MB)."""
+    from edged.tasks.generation.weights import read_bytes as read
+
+    return read(path)
 
 
 class EmbeddingCache:
@@ -142,6 +184,8 @@ class Residency:
         self.budget = budget if budget is not None else _pool_budget(self.pool, engine)
         self.threads = threads
         self.pixels = pixels
+        self.lora: LoraChoice | None = None
+        """The adapter and scale merged into UNet weights at load; set per request."""
         self.strategy = self._resolve(strategy, components or {})
         self._local = (
             _LOCAL_STORES.setdefault(engine, _LocalStore())
@@ -149,13 +193,27 @@ class Residency:
             else _NO_ENGINE_STORE
         )
         self._used: dict[str, str] = {}
-        self.lora: LoraChoice | None = None
-        """The adapter and scale merged into UNet weights at load; set per request."""
+
+    def need(self, component: str, path: Path, *, tile: int | None = None) -> int:
+        """Bytes ``component`` needs loaded and running: the pool's admission need (measured
+        load peak, else read bytes x MIN_PEAK_FACTOR) or weights read + working memory,
+        whichever is larger. ``tile``: a decoder's latent tile (0 = the whole image).
+
+        The one estimator behind residency, UNet parts, decoder tiles and the advice in
+        budget errors (``edged.tasks.generation.budget``).
+        """
+        pixels = self.pixels if not tile else min(self.pixels, (8 * tile) ** 2)
+        weights = read_bytes(path)
+        own = weights + work_bytes(component, weights, pixels)
+        if self.pool is None:
+            return own
+        least, _, _ = self.pool.load_need(self.key(component, path), weights)
+        return max(int(least), own)
 
     def _resolve(self, strategy: str, components: dict[str, Path]) -> str:
         if strategy != "auto":
             return strategy
-        need = sum(estimate_bytes(n, p, self.pixels) for n, p in components.items())
+        need = sum(self.need(n, p) for n, p in components.items())
         if self.budget is None or need <= self.budget:
             return "resident"
         log.info("generation_staged", need=format_bytes(need), budget=format_bytes(self.budget))
@@ -187,16 +245,18 @@ class Residency:
         self._used[component] = key
         if self.pool is not None:
             with self.pool.acquire(
-                key, lambda: self._pool_loaded(component, path), estimate_bytes=weights_bytes(path)
+                key, lambda: self._pool_loaded(component, path), estimate_bytes=read_bytes(path)
             ) as loaded:
                 yield loaded.session
             return
-        estimate = estimate_bytes(component, path, self.pixels)
+        estimate = self.need(component, path)
         if self.budget is not None and estimate > self.budget:
+            from edged.tasks.generation.budget import advise_bytes
+
             raise MemoryBudgetExceeded(
                 f"{component} of {self.root.name} needs ~{format_bytes(estimate)} but the "
-                f"memory budget is {format_bytes(self.budget)}: raise memory_budget or use a "
-                "quantized UNet (`edged models quantize --scheme int4-weights`)"
+                f"memory budget is {format_bytes(self.budget)}: set memory_budget >= "
+                f"{advise_bytes(estimate)}"
             )
         with self._local.lock:
             yield self._local_acquire(key, component, path, estimate)
