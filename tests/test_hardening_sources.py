@@ -163,6 +163,45 @@ def test_file_pacer_chooses_frames_on_the_file_timeline() -> None:
     assert all(pacer.take() for _ in range(30))
 
 
+def test_file_pacer_plays_a_file_at_its_own_rate_without_max_fps() -> None:
+    # The waits are computed from a given clock: every frame is taken, each due one file
+    # frame (1/10 s) after the previous; a reader that fell behind restarts the clock.
+    pacer = _FilePacer(every_nth=1, max_fps=None, file_fps=10)
+    waits = []
+    for _ in range(4):
+        assert pacer.take()
+        waits.append(round(pacer.wait_s(100.0), 6))
+    assert waits == [0.0, 0.1, 0.2, 0.3]
+    assert pacer.take()
+    assert pacer.wait_s(200.0) == 0.0  # far behind (jobs were slow): no burst to catch up
+    assert pacer.take()
+    assert round(pacer.wait_s(200.0), 6) == 0.1
+    every_third = _FilePacer(every_nth=3, max_fps=None, file_fps=30)
+    assert [every_third.take() for _ in range(6)] == [True, False, False, True, False, False]
+    assert round(every_third.wait_s(50.0), 6) == 0.0
+    # No usable rate in the container: 30 fps.
+    assert _FilePacer(every_nth=1, max_fps=None, file_fps=0).frame_s == 1 / 30
+
+
+def test_video_file_without_max_fps_is_not_read_ahead(tmp_path: Path) -> None:
+    base = np.random.default_rng(5).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "clip.avi", moving_frames(base, 40, (32, 24)), fps=10.0)
+    sink = FrameSink()
+    cfg = StreamSettings(name="v", source=str(video), task="segmentation")
+    src = CaptureSource(cfg, ServiceSettings(), sink.deliver, sink.on_state)
+    src.start()
+    try:
+        assert wait_until(lambda: len(sink.frames) >= 2, 30)
+    finally:
+        src.stop()
+    # Stopped a frame or two into a 4 s clip: the reader waited for each frame's time
+    # instead of decoding the whole file at full speed.
+    stats = src.stats()
+    assert stats["frames_read"] < 40
+    assert stats["frames_read"] <= len(sink.frames) + 1  # at most the one it was waiting for
+    assert "ended" not in sink.state_names()
+
+
 def test_paced_video_file_grabs_skipped_frames_and_decodes_only_delivered_ones(
     tmp_path: Path,
 ) -> None:

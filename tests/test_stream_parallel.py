@@ -221,7 +221,9 @@ def test_daemon_parallel_stream_publishes_every_frame_once_in_order(
     tmp_path: Path, shared_models: Path, shared_images: Path
 ) -> None:
     count = 40
-    video = write_video(tmp_path / "clip.avi", moving_frames(_portrait(shared_images, 96), count))
+    # 100 fps: a file plays at its own rate, and this test wants its frames to pile up.
+    frames = moving_frames(_portrait(shared_images, 96), count)
+    video = write_video(tmp_path / "clip.avi", frames, fps=100.0)
     # Started without the stream: the subscriber is connected (it has seen `stats`) before
     # the first frame is published, so every frame can be counted.
     config = toml_config(tmp_path / "edged.toml", shared_models, [])

@@ -20,8 +20,12 @@ from edged.errors import BackendUnavailable, EdgedError
 SIZE = (640, 360)
 
 
-def make_clip(path: Path, frames: int = 150, fps: float = 30.0) -> Path:
-    """A 640x360 MJPG clip panning over a real photo (synthetic if the photo is absent)."""
+def make_clip(path: Path, frames: int = 150, fps: float = 960.0) -> Path:
+    """A 640x360 MJPG clip panning over a real photo (synthetic if the photo is absent).
+
+    960 fps: the daemon plays a file at its own frame rate, and this clip measures throughput,
+    so its rate must sit above anything the pipeline reaches (the file pacer trusts < 1000).
+    """
     from edged.bench.common import bench_image
     from edged.testing.daemon import moving_frames, write_video
 

@@ -3,8 +3,9 @@
 Each source reads in its own daemon thread and hands frames to ``deliver``; a dead camera or
 stream never blocks anything else. Live sources (camera, stream) deliver every frame they read
 and the scheduler keeps only the latest (drop oldest); files wait for room instead. A video
-file with ``max_fps`` plays in real time at min(its fps, max_fps), skipping frames with
-``grab()`` (no conversion) rather than decoding every frame at full speed and dropping it.
+file plays in real time at its own frame rate, or min(its fps, max_fps) with ``max_fps``,
+waiting between frames and skipping frames with ``grab()`` (no conversion) rather than
+decoding every frame at full speed and dropping it.
 When a live source dies it is reopened with capped exponential backoff; a thread that dies of
 an unexpected exception is restarted by ``edged.daemon.supervise``. Every state change (``up``,
 ``down``, ``reconnecting``, ``ended``, ``failed``, ``restarting``) goes to ``on_state`` (the
@@ -124,9 +125,11 @@ class _FilePacer:
 
     Frames are chosen on the file's own timeline (frame index / file fps), so the choice does
     not depend on how fast the machine is: with ``max_fps`` one frame per ``1/max_fps`` s of
-    video, the others skipped with ``grab()`` (never converted or copied). With ``max_fps``
-    the file also plays in real time (``due`` says how long to wait before a frame), i.e. at
-    its own frame rate or ``max_fps``, whichever is lower; without it, as fast as jobs run.
+    video, the others skipped with ``grab()`` (never converted or copied). The file plays in
+    real time (``wait_s`` says how long to wait before a frame): at its own frame rate, or
+    ``max_fps`` when that is lower. A file is not live, so reading it faster than it plays
+    would only burn CPU decoding frames nobody asked for yet; a container that reports no
+    usable rate plays at ``max_fps`` or 30 fps.
     """
 
     def __init__(self, every_nth: int, max_fps: float | None, file_fps: float) -> None:
@@ -135,6 +138,8 @@ class _FilePacer:
         valid = 0 < file_fps < 1000  # containers without a rate report 0 (or nonsense)
         self.frame_s = 1.0 / (file_fps if valid else (max_fps or 30.0))
         self.interval = 1.0 / max_fps if max_fps else 0.0
+        # Behind the clock by more than this: restart the clock instead of bursting to catch up.
+        self._slack = self.interval or self.frame_s
         self._index = -1
         self._next = 0.0
         self._wall0: float | None = None
@@ -152,10 +157,8 @@ class _FilePacer:
 
     def wait_s(self, now: float) -> float:
         """Seconds to wait before delivering the frame just taken (real-time playback)."""
-        if not self.max_fps:
-            return 0.0
         t = self._index * self.frame_s
-        if self._wall0 is None or now - (self._wall0 + t) > self.interval:
+        if self._wall0 is None or now - (self._wall0 + t) > self._slack:
             self._wall0 = now - t  # first frame, or behind by over a frame: no burst to catch up
         return max(0.0, self._wall0 + t - now)
 
@@ -422,11 +425,11 @@ class ImageSource:
 
 
 def read_image(path: Path) -> npt.NDArray[np.uint8] | None:
-    """RGB uint8 H x W x 3 from any image OpenCV decodes; None when it cannot."""
-    cv2 = _cv2()
-    data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
+    """RGB uint8 H x W x 3 of an image file, its header checked before decoding (a bomb is
+    refused, not inflated); None for an empty file. Errors are ``EdgedError``s naming the file.
+    """
+    from edged.imaging import read_image as read_checked
+
+    if path.stat().st_size == 0:
         return None
-    rgb: npt.NDArray[np.uint8] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return rgb
+    return read_checked(path, "image source")
