@@ -22,8 +22,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# x86: the convert extra too (torch CPU; tests/test_convert.py skips without it, as on arm64).
+comma := ,
+DEV_EXTRAS := $(if $(filter x86_64,$(shell uname -m)),dev$(comma)convert,dev)
+
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[$(DEV_EXTRAS)]'
 	touch $@
 
 install: $(VENV)/.installed

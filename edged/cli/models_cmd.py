@@ -5,6 +5,8 @@ edged models verify [NAME...]          sha256 of every installed file (exit 1 on
 edged models fetch NAME... [--dir D]   download, verify and install atomically
 edged models add PATH --task T --family F [--name N] [--licence L] [--scale S]
 edged models quantize SRC --scheme ...  (edged/cli/models_quantize.py)
+edged models convert SOURCE --to DIR    (edged/cli/models_convert.py)
+edged models verify DIR                 a converted dir against its edged-manifest.json
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from edged.cli.common import add_common, print_json, settings_from_args
+from edged.cli.models_convert import register_convert
 from edged.cli.models_quantize import register_quantize
 from edged.cli.models_split import register_split
 from edged.config import Settings
-from edged.errors import FetchError, ModelVerificationError
+from edged.errors import BadRequest, FetchError, ModelVerificationError
 from edged.models.catalog import Catalog, licence_allowed, verify_file
 from edged.models.schema import ModelEntry
 from edged.schema import format_bytes
@@ -36,7 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = actions.add_parser("verify", help="check sha256 of installed files (exit 1 on mismatch)")
     add_common(p, one_shot=True)
-    p.add_argument("names", nargs="*", metavar="NAME", help="models to check (default: all)")
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help="models or converted dirs (default: all models)"
+    )
     p.set_defaults(handler=_verify)
 
     p = actions.add_parser("fetch", help="download models into the model dir")
@@ -51,9 +56,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_common(p, one_shot=True)
     p.add_argument("path", type=Path, metavar="PATH", help="model file or ONNX directory")
     p.add_argument(
-        "--task", required=True, choices=["segmentation", "superres", "inpainting", "generation"]
+        "--task",
+        default=None,
+        choices=["segmentation", "superres", "inpainting", "generation"],
+        help="required unless PATH is a converted dir (its edged-manifest.json says)",
     )
-    p.add_argument("--family", required=True, help="pre/post-processing family, e.g. sr-rgb")
+    p.add_argument("--family", default=None, help="pre/post-processing family, e.g. sr-rgb")
     p.add_argument("--name", default=None, help="catalogue name (default: file stem)")
     p.add_argument(
         "--licence", default=None, help="SPDX id (default: the known entry's, else LicenseRef-user)"
@@ -65,6 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     register_quantize(actions)  # edged models quantize (edged/cli/models_quantize.py)
     register_split(actions)  # edged models split (edged/cli/models_split.py)
+    register_convert(actions)  # edged models convert (edged/cli/models_convert.py)
 
 
 def _catalog(settings: Settings) -> Catalog:
@@ -188,7 +197,25 @@ def _print_row(r: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- verify
 
 
+def _verify_dirs(dirs: list[Path]) -> int:
+    """Converted dirs: every file against edged-manifest.json (edged/convert/manifest.py)."""
+    from edged.convert.manifest import verify_dir
+
+    ok = 0
+    problems: list[str] = []
+    for directory in dirs:
+        good, bad = verify_dir(directory)
+        ok += good
+        problems += [f"MISMATCH {directory}: {line}" for line in bad]
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"{ok} files ok" + (f", {len(problems)} problems" if problems else ""))
+    return 1 if problems else 0
+
+
 def _verify(args: argparse.Namespace) -> int:
+    if args.names and all(Path(n).is_dir() for n in args.names):
+        return _verify_dirs([Path(n) for n in args.names])
     settings = settings_from_args(args)
     catalog = _catalog(settings)
     ok = unverified = 0
@@ -263,17 +290,23 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from edged.convert.manifest import read_manifest
     from edged.models.add import add_model
 
+    made = read_manifest(args.path) if args.path.is_dir() else None
+    made = made or {}
+    task, family = args.task or made.get("task"), args.family or made.get("family")
+    if task is None or family is None:
+        raise BadRequest("--task and --family are required (PATH is not a converted dir)")
     settings = settings_from_args(args)
     manifest, entry = add_model(
         settings,
         _catalog(settings),
         args.path,
-        task=args.task,
-        family=args.family,
-        name=args.name,
-        licence=args.licence,
+        task=task,
+        family=family,
+        name=args.name or made.get("name"),
+        licence=args.licence or made.get("licence"),
         scale=args.scale,
         precision=args.precision,
         like=args.like,
