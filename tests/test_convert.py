@@ -207,3 +207,25 @@ def test_refuses_a_non_empty_destination(converted: Path) -> None:
     again = edged("models", "convert", str(converted), "--to", str(converted))
     assert again.returncode != 0
     assert "--to" in again.stderr
+
+
+def test_quantize_out_dir_is_self_contained(tmp_path: Path) -> None:
+    """`edged models quantize DIR --out D` copies the components it does not quantize: D
+    works after the source dir is gone (it used to be a tree of symlinks into it)."""
+    from edged.testing import make_tiny_sd_dir
+
+    src = make_tiny_sd_dir(tmp_path / "src")
+    out = tmp_path / "int8"
+    run = edged("models", "quantize", str(src), "--scheme", "dynamic-int8", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    shutil.rmtree(src)
+    assert not [p for p in out.rglob("*") if p.is_symlink()]
+    assert (out / "tokenizer" / "vocab.json").is_file()
+    params = [f"--param={k}={v}" for k, v in CASES["sd-turbo"].items()]
+    png = tmp_path / "q.png"
+    ran = edged(
+        "infer", "generation", "--model", str(out), "--prompt", PROMPT, "--output", str(png),
+        *params,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert read_png(png).ndim == 3

@@ -15,7 +15,8 @@ Tokenizer: CLIP's real BPE vocabulary from ``bpe_simple_vocab_16e6.txt.gz`` as s
 ``open_clip_torch`` wheel (``--bpe``; ``pip download --no-deps open_clip_torch`` and unzip), else
 the small generated BPE of ``edged.testing`` (the text encoder vocab is then still 49408).
 
-Needs the ``tools`` extra (torch, diffusers, transformers). Usage:
+Needs the ``convert`` extra (torch, diffusers, transformers); the export itself is
+``edged.convert.diffusers_export`` (what ``edged models convert`` uses). Usage:
 
     .venv/bin/python tools/make_sd_models.py --size full --out .cache/sd-turbo-full --bpe BPE_GZ
 """
@@ -105,7 +106,6 @@ SCHEDULER = {
     "timestep_spacing": "trailing",
     "use_karras_sigmas": False,
 }
-OPSET = 17
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -135,37 +135,15 @@ def write_clip_tokenizer(bpe_gz: Path, dest: Path) -> None:
 
 
 def export(module: Any, args: tuple[Any, ...], path: Path, names: dict[str, Any]) -> None:
-    import torch
+    """edged.convert's exporter (TorchScript, opset 17, >2 GB weights gathered in one file)."""
+    from edged.convert.diffusers_export import export_onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=names["inputs"],
-            output_names=names["outputs"],
-            dynamic_axes=names["dynamic"],
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    _externalise_if_large(path)
+    export_onnx(
+        module, args, path, inputs=names["inputs"], outputs=names["outputs"],
+        dynamic=names["dynamic"],
+    )  # fmt: skip
     print(f"exported {path} in {time.monotonic() - start:.0f} s", file=sys.stderr)
-
-
-def _externalise_if_large(path: Path) -> None:
-    """The legacy exporter writes >2 GB graphs as loose tensor files: gather them into one."""
-    import onnx
-
-    loose = [p for p in path.parent.iterdir() if p.name not in {path.name, "model.onnx.data"}]
-    if not loose:
-        return
-    model = onnx.load(str(path), load_external_data=True)
-    onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
-    for p in loose:
-        p.unlink()
 
 
 def build_text_encoder(cfg: dict[str, Any], out: Path) -> None:

@@ -1,7 +1,7 @@
 """``edged models quantize SRC --scheme dynamic-int8|qdq-int8|int4-weights [--out DST]``.
 
 SRC is an .onnx file (fp32/fp16) or a diffusers ONNX model dir (its UNet is quantized, the
-other components are linked unchanged). Prints a JSON report: sizes, ratio, op counts.
+other components are copied unchanged). Prints a JSON report: sizes, ratio, op counts.
 """
 
 from __future__ import annotations

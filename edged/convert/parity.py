@@ -19,7 +19,7 @@ __all__ = ["diffusers_image", "scheduler_config", "tiny_pipeline"]
 
 SIZE = 64
 EOS = "<|endoftext|>"
-FAMILIES = ("sd", "sdxl", "lcm", "lcm-lora")
+FAMILIES = ("sd", "sdxl", "lcm")
 XL_UNET: dict[str, Any] = {
     "addition_embed_type": "text_time",
     "addition_time_embed_dim": 8,
@@ -97,8 +97,6 @@ def tiny_pipeline(
         str(tokenizers / "tokenizer" / "merges.txt"),
     )
     config = scheduler_config(family)
-    if family == "lcm-lora":  # the dir keeps its Euler config; the sampler is LCM
-        config = {**config, "_class_name": "LCMScheduler"}
     if scheduler is not None:
         config = {**config, "_class_name": scheduler}
     common = {

@@ -286,7 +286,7 @@ def quantize_model_dir(
     fuse_attention: bool = False,
     **kwargs: Any,
 ) -> QuantizeReport:
-    """A diffusers-layout dir: quantize ``components``; link the others unchanged.
+    """A diffusers-layout dir: quantize ``components``; copy the others unchanged.
 
     ``fuse_attention`` first rewrites the UNet's attention to onnxruntime's flash-attention
     ``MultiHeadAttention`` (edged/graph/fuse_attention.py: lower peak memory, ~4x faster steps).
@@ -303,7 +303,12 @@ def quantize_model_dir(
     for item in src.iterdir():
         if item.name in components or (dst / item.name).exists():
             continue
-        (dst / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+        # Copies, not links: the output is copied to a board on its own (rsync -a, scp -r),
+        # and the source dir may be deleted; a symlink would then point at nothing.
+        if item.is_dir():
+            shutil.copytree(item, dst / item.name)
+        else:
+            shutil.copy2(item, dst / item.name)
     reports = []
     for component in components:
         out = dst / component / "model.onnx"
