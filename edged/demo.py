@@ -12,14 +12,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +23,12 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.config import Settings
+from edged.digest import file_sha256
 from edged.errors import EdgedError, FetchError
 from edged.log import get_logger
 from edged.optional import cv2 as _cv2
+from edged.testing.daemon import Daemon
+from edged.toml_text import toml_document
 
 log = get_logger("demo")
 
@@ -124,22 +122,18 @@ def fetch_sample(settings: Settings) -> Path:
     from edged.models.sources import fetch_source
 
     dest = settings.cache_dir / "demo" / "astronaut.png"
-    if dest.is_file() and _sha256(dest) == SAMPLE_SHA256:
+    if dest.is_file() and file_sha256(dest) == SAMPLE_SHA256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_suffix(".part")
     ctx = context_from_settings(settings, timeout=60, retries=2)
     ctx.download_dir.mkdir(parents=True, exist_ok=True)
     fetch_source(SAMPLE_SOURCE, part, "astronaut.png", ctx, None)
-    if _sha256(part) != SAMPLE_SHA256:
+    if file_sha256(part) != SAMPLE_SHA256:
         part.unlink(missing_ok=True)
         raise FetchError(f"{SAMPLE_SOURCE}: sha256 mismatch (mirror serving other bytes?)")
     part.replace(dest)
     return dest
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------- inputs
@@ -175,16 +169,6 @@ def panning_frames(photo: Image, count: int, size: int = 256) -> list[Image]:
     return frames
 
 
-def write_video(path: Path, frames: list[Image], fps: float = 8.0) -> Path:
-    cv2 = _cv2()
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
-
 def overlay(frame: Image, mask: npt.NDArray[Any]) -> Image:
     """Frame | frame with the person tinted green, side by side."""
     cv2 = _cv2()
@@ -217,83 +201,61 @@ def demo_config(
     video: Path,
     inbox: Path,
 ) -> Path:
-    dirs = [str(p) for p in settings.model_search_path]
-    text = "\n".join(
-        [
-            "# Written by `edged demo`: the daemon it starts.",
-            f"model_dirs = {json.dumps(dirs)}",
-            f'state_dir = "{settings.state_dir}"',
-            f'cache_dir = "{settings.cache_dir}"',
-            f'runtime_dir = "{runtime}"',
-            'log_format = "json"',
-            f"warmup_models = {json.dumps([models['segmentation']])}",
-            "[zmq]",
-            "stats_interval_s = 2.0",
-            "[service]",
-            "inbox_poll_s = 0.2",
-            "[[streams]]",
-            'name = "demo"',
-            f'source = "{video}"',
-            'task = "segmentation"',
-            f'model = "{models["segmentation"]}"',
-            "loop = true",
-            "max_fps = 8",
-            "[[streams]]",
-            'name = "inbox"',
-            f'source = "dir:{inbox}"',
-            'task = "superres"',
-            f'model = "{models["superres"]}"',
-            "",
-        ]
-    )
+    """The config of the daemon the demo starts (the one TOML writer, ``edged.toml_text``)."""
+    top = {
+        "model_dirs": settings.model_search_path,
+        "state_dir": settings.state_dir,
+        "cache_dir": settings.cache_dir,
+        "runtime_dir": runtime,
+        "log_format": "json",
+        "warmup_models": [models["segmentation"]],
+    }
+    sections = {"zmq": {"stats_interval_s": 2.0}, "service": {"inbox_poll_s": 0.2}}
+    streams: list[dict[str, Any]] = [
+        {
+            "name": "demo",
+            "source": video,
+            "task": "segmentation",
+            "model": models["segmentation"],
+            "loop": True,
+            "max_fps": 8,
+        },
+        {
+            "name": "inbox",
+            "source": f"dir:{inbox}",
+            "task": "superres",
+            "model": models["superres"],
+        },
+    ]
     path = work / "edged.toml"
-    path.write_text(text)
+    body = toml_document(top, sections, {"streams": streams})
+    path.write_text("# Written by `edged demo`: the daemon it starts.\n" + body)
     return path
 
 
 # ---------------------------------------------------------------- the daemon
 
 
-class DemoDaemon:
-    """``edged run`` as a child process, logging to ``daemon.log`` in the output dir."""
+def start_daemon(config: Path, runtime: Path, log_path: Path) -> Daemon:
+    """``edged run --config CONFIG`` as a child (the one daemon harness,
+    ``edged.testing.daemon.Daemon``), started and ready (``READY=1``: sockets bound, models
+    warmed), logging to ``log_path``; its notify socket sits in the short ``runtime`` dir.
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str]) -> None:
-        self.log_path = log_path
-        with open(log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edged", "run", "--config", str(config)],
-                stdout=log_file,
-                stderr=log_file,
-                env=env,
-            )
-
-    def wait_ready(self, requests: str, timeout: float) -> None:
-        from edged.wire.client import Client
-
-        deadline = time.monotonic() + timeout
-        with Client(requests, timeout_s=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise EdgedError(self._died())
-                try:
-                    client.ping()
-                    return
-                except EdgedError:
-                    continue
-        raise EdgedError(f"daemon not answering after {timeout:.0f} s; see {self.log_path}")
-
-    def _died(self) -> str:
-        tail = self.log_path.read_text(errors="replace").splitlines()[-5:]
-        return f"daemon exited with {self.proc.returncode}: " + " | ".join(tail)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait(10)
+    The config file sets ``CONFIG_KEYS``; ``EDGED_*`` variables for those would override it
+    (env > file), so they are left out; any other ``EDGED_*`` setting passes through.
+    """
+    written = {"EDGED_CONFIG", *(f"EDGED_{k}" for k in CONFIG_KEYS)}
+    passed = {
+        k: v for k, v in os.environ.items() if k.startswith("EDGED_") and k.upper() not in written
+    }
+    daemon = Daemon(
+        config, runtime, env=passed, isolated=True, runtime_dir=runtime, log_path=log_path
+    )
+    try:
+        return daemon.start(wait_ready=WAIT_S)
+    except BaseException:
+        daemon.close()
+        raise
 
 
 def runtime_dir() -> Path:

@@ -62,9 +62,10 @@ def _handler(args: argparse.Namespace) -> int:
 
 def _run(settings: Any, models: dict[str, str], photo: Any, out: Path, work: Path) -> list[Any]:
     from edged import demo
+    from edged.testing.daemon import write_video
 
     frames = demo.panning_frames(photo, demo.FRAMES)
-    video = demo.write_video(work / "astronaut.avi", frames)
+    video = write_video(work / "astronaut.avi", iter(frames), fps=8.0)
     inbox = work / "inbox"
     inbox.mkdir()
     small = cv2().resize(photo, (128, 128), interpolation=cv2().INTER_AREA)
@@ -72,21 +73,21 @@ def _run(settings: Any, models: dict[str, str], photo: Any, out: Path, work: Pat
     os.replace(work / ".astronaut_128.png", inbox / "astronaut_128.png")  # whole files only
     runtime = demo.runtime_dir()
     config = demo.demo_config(work, runtime, settings, models, video=video, inbox=inbox)
-    # The config file carries these; the environment would override it (env > file).
-    written = {"NOTIFY_SOCKET", "EDGED_CONFIG", *(f"EDGED_{k}" for k in demo.CONFIG_KEYS)}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in written}
     print(f"edged demo: starting the daemon ({config}); log in {out / 'daemon.log'}")
-    daemon = demo.DemoDaemon(config, out / "daemon.log", env)
-    requests, results = f"ipc://{runtime}/requests.sock", f"ipc://{runtime}/results.sock"
     try:
-        daemon.wait_ready(requests, demo.WAIT_S)
+        daemon = demo.start_daemon(config, runtime, out / "daemon.log")
+    except EdgedError:
+        shutil.rmtree(runtime, ignore_errors=True)
+        raise
+    try:
         outcomes = [
-            _segmentation(results, models["segmentation"], frames, out),
-            _inpainting(requests, models["inpainting"], photo, out),
+            _segmentation(daemon.results_endpoint, models["segmentation"], frames, out),
+            _inpainting(daemon.requests_endpoint, models["inpainting"], photo, out),
             _superres(inbox, models["superres"], small, out),
         ]
     finally:
         code = daemon.stop()
+        daemon.close()
         shutil.rmtree(runtime, ignore_errors=True)
     print(f"edged demo: daemon stopped with exit code {code}")
     return outcomes
@@ -167,8 +168,10 @@ def _superres(inbox: Path, model: str, small: Any, out: Path) -> Any:
     info = json.loads(manifest.read_text())
     demo.write_rgb(out / "superres_input.png", small)
     outcome.files.append("superres_input.png")
+    # Outputs are named INPUT.JOB.OUTPUT.png (a job id per accepted file): keep OUTPUT.
+    prefix = f"astronaut_128.png.{info['job']}." if "job" in info else "astronaut_128.png."
     for name in info["outputs"]:
-        target = f"superres_{name.removeprefix('astronaut_128.png.')}"
+        target = f"superres_{name.removeprefix(prefix)}"
         shutil.copyfile(root / "outbox" / name, out / target)
         outcome.files.append(target)
     outcome.ok, outcome.backend = True, info.get("backend")

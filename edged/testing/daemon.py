@@ -84,7 +84,9 @@ class Daemon:
     for ``READY=1`` (sent once the sockets are bound and models warmed); logs go to a file.
 
     ``isolated`` drops the caller's ``EDGED_*`` variables so the config file is the whole
-    truth (benchmarks); tests keep them (their dirs come from the environment).
+    truth (benchmarks); tests keep them (their dirs come from the environment). ``log_path``
+    puts the log elsewhere than ``workdir/daemon.log`` (``edged demo``: in its output dir,
+    while the sockets stay in a short temp dir).
     """
 
     def __init__(
@@ -95,10 +97,11 @@ class Daemon:
         env: dict[str, str] | None = None,
         isolated: bool = False,
         runtime_dir: Path | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self.config = config
         self.workdir = workdir
-        self.log_path = workdir / "daemon.log"
+        self.log_path = log_path or workdir / "daemon.log"
         self.notify = NotifyRecorder(workdir / "notify.sock")
         base = {k: v for k, v in os.environ.items() if not (isolated and k.startswith("EDGED_"))}
         self._env = {**base, **(env or {}), "NOTIFY_SOCKET": str(self.notify.path)}
