@@ -229,3 +229,20 @@ def test_quantize_out_dir_is_self_contained(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert read_png(png).ndim == 3
+
+
+def test_add_makes_a_converted_dir_loadable_by_name(converted: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "board-copy"
+    shutil.copytree(converted, copy)
+    added = edged("models", "add", str(copy), "--name", "tiny_turbo")
+    assert added.returncode == 0, added.stderr
+    assert "added tiny_turbo (generation, sd-turbo" in added.stdout
+    shutil.rmtree(copy)  # add copied it into the model dir: the original may go
+    params = [f"--param={k}={v}" for k, v in CASES["sd-turbo"].items()]
+    png = tmp_path / "named.png"
+    ran = edged(
+        "infer", "generation", "--model", "tiny_turbo", "--prompt", PROMPT, "--output", str(png),
+        *params, EDGED_ALLOWED_LICENCES='["LicenseRef-user"]',
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert read_png(png).shape == (16, 16, 3)

@@ -19,6 +19,7 @@ __all__ = ["MANIFEST", "read_manifest", "verify_dir", "write_manifest"]
 
 MANIFEST = "edged-manifest.json"
 FORMAT = "edged-converted-model/1"
+USER_AREAS = ("loras/",)
 
 
 def _walk(root: Path) -> tuple[list[Path], list[Path]]:
@@ -83,6 +84,9 @@ def verify_dir(root: Path) -> tuple[int, list[str]]:
             problems.append(f"{rel}: sha256 differs from the manifest (changed after conversion)")
         else:
             ok += 1
-    extra = sorted(set(present) - set(listed) - {MANIFEST})
+    # loras/ is where a user puts LoRA adapters for the dir (docs/generation.md), later.
+    extra = sorted(
+        r for r in set(present) - set(listed) - {MANIFEST} if not r.startswith(USER_AREAS)
+    )
     problems += [f"{rel}: not in {MANIFEST} (added after conversion)" for rel in extra]
     return ok, problems
