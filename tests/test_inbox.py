@@ -124,7 +124,7 @@ def test_dropped_files_obey_the_request_limits(tmp_path: Path) -> None:
         load_image(path, max_bytes=10, max_pixels=1_000_000)
     assert load_image(path, max_bytes=1_000_000, max_pixels=1_000_000).shape == (300, 400, 3)
     (tmp_path / "junk.bmp").write_bytes(b"BM not really")
-    with pytest.raises(BadRequest, match="junk.bmp: truncated BMP header"):
+    with pytest.raises(BadRequest, match=r"junk\.bmp: truncated BMP header"):
         load_image(tmp_path / "junk.bmp", max_bytes=1_000_000, max_pixels=1_000_000)
 
 
