@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,20 +184,38 @@ def test_file_pacer_plays_a_file_at_its_own_rate_without_max_fps() -> None:
     assert _FilePacer(every_nth=1, max_fps=None, file_fps=0).frame_s == 1 / 30
 
 
-def test_video_file_without_max_fps_is_not_read_ahead(tmp_path: Path) -> None:
-    base = np.random.default_rng(5).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    video = write_video(tmp_path / "clip.avi", moving_frames(base, 40, (32, 24)), fps=10.0)
+def _play(
+    tmp_path: Path,
+    until: Callable[[FrameSink], bool],
+    *,
+    seed: int,
+    frames: int,
+    fps: float,
+    size: tuple[int, int] = (32, 24),
+    **stream: Any,
+) -> tuple[FrameSink, dict[str, Any]]:
+    """A generated clip played by a real CaptureSource until ``until(sink)``; (sink, stats)."""
+    base = np.random.default_rng(seed).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "clip.avi", moving_frames(base, frames, size), fps=fps)
     sink = FrameSink()
-    cfg = StreamSettings(name="v", source=str(video), task="segmentation")
+    cfg = StreamSettings(name="v", source=str(video), task="segmentation", **stream)
     src = CaptureSource(cfg, ServiceSettings(), sink.deliver, sink.on_state)
     src.start()
     try:
-        assert wait_until(lambda: len(sink.frames) >= 2, 30)
+        assert wait_until(lambda: until(sink), 30)
     finally:
         src.stop()
+    return sink, src.stats()
+
+
+def _ended(sink: FrameSink) -> bool:
+    return "ended" in sink.state_names()
+
+
+def test_video_file_without_max_fps_is_not_read_ahead(tmp_path: Path) -> None:
+    sink, stats = _play(tmp_path, lambda s: len(s.frames) >= 2, seed=5, frames=40, fps=10.0)
     # Stopped a frame or two into a 4 s clip: the reader waited for each frame's time
     # instead of decoding the whole file at full speed.
-    stats = src.stats()
     assert stats["frames_read"] < 40
     assert stats["frames_read"] <= len(sink.frames) + 1  # at most the one it was waiting for
     assert "ended" not in sink.state_names()
@@ -205,17 +224,7 @@ def test_video_file_without_max_fps_is_not_read_ahead(tmp_path: Path) -> None:
 def test_paced_video_file_grabs_skipped_frames_and_decodes_only_delivered_ones(
     tmp_path: Path,
 ) -> None:
-    base = np.random.default_rng(3).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    video = write_video(tmp_path / "clip.avi", moving_frames(base, 45, (64, 48)), fps=30.0)
-    sink = FrameSink()
-    cfg = StreamSettings(name="v", source=str(video), task="segmentation", max_fps=4)
-    src = CaptureSource(cfg, ServiceSettings(), sink.deliver, sink.on_state)
-    src.start()
-    try:
-        assert wait_until(lambda: "ended" in sink.state_names(), 30)
-    finally:
-        src.stop()
-    stats = src.stats()
+    sink, stats = _play(tmp_path, _ended, seed=3, frames=45, fps=30.0, size=(64, 48), max_fps=4)
     assert stats["frames_read"] == 45
     assert [f.meta["frame"] for f in sink.frames] == [0, 7, 15, 22, 30, 37]
     assert stats["frames_decoded"] == stats["frames_delivered"] == 6
@@ -223,18 +232,9 @@ def test_paced_video_file_grabs_skipped_frames_and_decodes_only_delivered_ones(
 
 
 def test_video_file_without_max_fps_still_delivers_every_frame(tmp_path: Path) -> None:
-    base = np.random.default_rng(4).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    video = write_video(tmp_path / "clip.avi", moving_frames(base, 12, (32, 24)), fps=30.0)
-    sink = FrameSink()
-    cfg = StreamSettings(name="v", source=str(video), task="segmentation", every_nth=3)
-    src = CaptureSource(cfg, ServiceSettings(), sink.deliver, sink.on_state)
-    src.start()
-    try:
-        assert wait_until(lambda: "ended" in sink.state_names(), 30)
-    finally:
-        src.stop()
+    sink, stats = _play(tmp_path, _ended, seed=4, frames=12, fps=30.0, every_nth=3)
     assert [f.meta["frame"] for f in sink.frames] == [0, 3, 6, 9]
-    assert src.stats()["frames_grabbed"] == 8
+    assert stats["frames_grabbed"] == 8
 
 
 def test_stats_report_per_source_state_through_the_daemon(

@@ -46,7 +46,7 @@ from edged.daemon.inbox_files import (
     stem,
 )
 from edged.daemon.sources import Deliver, Frame, StateFn
-from edged.daemon.supervise import Supervised
+from edged.daemon.supervise import SupervisedSource
 from edged.errors import EdgedError, SourceError
 from edged.log import get_logger
 from edged.tasks.base import TaskResult
@@ -282,7 +282,7 @@ def load_image(path: Path, max_bytes: int, max_pixels: int) -> Any:
     return decode_dropped(path.name, data, max_pixels)
 
 
-class InboxSource:
+class InboxSource(SupervisedSource):
     """Polls an inbox directory and delivers every file, oldest first."""
 
     live = False
@@ -308,15 +308,7 @@ class InboxSource:
         self._has_room = has_room
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
-        self._stop = threading.Event()
-        self._thread = Supervised(
-            f"edged-inbox-{self.name}",
-            self._life,
-            self._set_state,
-            self._stop,
-            backoff_initial_s=service.reconnect_initial_s,
-            backoff_max_s=service.reconnect_max_s,
-        )
+        self._supervise(f"edged-inbox-{self.name}", self._life, self._set_state, service)
         self._recovered = False
         self.state = "starting"
         self.claimed = 0
@@ -327,10 +319,6 @@ class InboxSource:
         except OSError as exc:
             raise SourceError(f"stream {self.name}: cannot create inbox dirs: {exc}") from exc
 
-    @property
-    def dead(self) -> bool:
-        return self._thread.dead
-
     def start(self) -> None:
         try:
             recover(self.dirs, self.name)
@@ -339,11 +327,7 @@ class InboxSource:
                 f"stream {self.name}: cannot recover {self.dirs.processing}: {exc}"
             ) from exc
         self._recovered = True
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+        super().start()
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,6 @@ service publishes it as ``events.stream``). The directory inbox lives in ``edged
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.config import ServiceSettings, StreamSettings
-from edged.daemon.supervise import Supervised
+from edged.daemon.supervise import SupervisedSource
 from edged.errors import ConfigError, SourceError
 from edged.log import get_logger
 from edged.optional import cv2 as _cv2
@@ -163,7 +162,7 @@ class _FilePacer:
         return max(0.0, self._wall0 + t - now)
 
 
-class CaptureSource:
+class CaptureSource(SupervisedSource):
     """An OpenCV ``VideoCapture`` read in a thread: camera, stream or video file.
 
     Every frame is ``grab()``bed; only frames the pacer keeps are ``retrieve()``d (converted
@@ -186,14 +185,11 @@ class CaptureSource:
         self._deliver = deliver
         self._on_state = on_state
         self._pacer = _Pacer(settings.every_nth, settings.max_fps)
-        self._stop = threading.Event()
-        self._thread = Supervised(
+        self._supervise(
             f"edged-src-{self.name}",
             self._loop,
             lambda state, data: self._set_state(state, **data),
-            self._stop,
-            backoff_initial_s=service.reconnect_initial_s,
-            backoff_max_s=service.reconnect_max_s,
+            service,
         )
         self.state = "starting"
         self.frames_read = 0
@@ -204,19 +200,6 @@ class CaptureSource:
         self._seq = 0
         if self.kind == "video" and not Path(settings.source).is_file():
             raise SourceError(f"stream {self.name}: video file not found: {settings.source}")
-
-    @property
-    def dead(self) -> bool:
-        return self._thread.dead
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        # A read blocked inside FFmpeg ends at its read timeout; the thread is a daemon, so a
-        # wedged driver cannot hold shutdown hostage.
-        self._thread.join(timeout)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -361,7 +344,7 @@ def _redact(source: str) -> str:
     return source
 
 
-class ImageSource:
+class ImageSource(SupervisedSource):
     """One image file: a single frame, then ``ended``."""
 
     live = False
@@ -377,30 +360,12 @@ class ImageSource:
         self._path = Path(settings.source)
         self._deliver = deliver
         self._on_state = on_state
-        svc = service or ServiceSettings()
-        self._stop = threading.Event()
-        self._thread = Supervised(
-            f"edged-src-{self.name}",
-            self._run,
-            self._report,
-            self._stop,
-            backoff_initial_s=svc.reconnect_initial_s,
-            backoff_max_s=svc.reconnect_max_s,
+        self._supervise(
+            f"edged-src-{self.name}", self._run, self._report, service or ServiceSettings()
         )
         self.state = "starting"
         if not self._path.is_file():
             raise SourceError(f"stream {self.name}: image file not found: {self._path}")
-
-    @property
-    def dead(self) -> bool:
-        return self._thread.dead
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
 
     def stats(self) -> dict[str, Any]:
         return {"kind": "image", "state": self.state, **self._thread.stats()}

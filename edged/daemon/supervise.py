@@ -15,11 +15,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged.log import get_logger
 
-__all__ = ["MAX_RESTARTS", "RESTART_WINDOW_S", "Supervised"]
+if TYPE_CHECKING:
+    from edged.config import ServiceSettings
+
+__all__ = ["MAX_RESTARTS", "RESTART_WINDOW_S", "Supervised", "SupervisedSource"]
 
 log = get_logger("supervise")
 
@@ -113,3 +116,36 @@ class Supervised:
         self._report("failed", {"error": self.error, "restarts": self.restarts})
         self._report("restarting", {"attempt": len(failures), "delay_s": round(delay, 3)})
         return delay
+
+
+class SupervisedSource:
+    """What every source (camera/stream/file, image, inbox) does with its thread: a stop
+    event and its body ``Supervised`` with the service's reconnect backoff; ``start``,
+    ``stop`` and ``dead`` for the ``Source`` protocol."""
+
+    def _supervise(
+        self, thread: str, body: Callable[[], None], report: Report, service: ServiceSettings
+    ) -> None:
+        self._stop = threading.Event()
+        self._thread = Supervised(
+            thread,
+            body,
+            report,
+            self._stop,
+            backoff_initial_s=service.reconnect_initial_s,
+            backoff_max_s=service.reconnect_max_s,
+        )
+
+    @property
+    def dead(self) -> bool:
+        """Its thread failed beyond its restarts (the watchdog then stops)."""
+        return self._thread.dead
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        # A read blocked inside FFmpeg ends at its read timeout; the thread is a daemon, so a
+        # wedged driver cannot hold shutdown hostage.
+        self._stop.set()
+        self._thread.join(timeout)
