@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +19,9 @@ import numpy.typing as npt
 from edged.errors import Cancelled, ModelLoadError
 from edged.models.schema import ModelEntry
 from edged.runtime.base import Session, TensorSpec
+
+if TYPE_CHECKING:
+    from edged.tasks.params import SegmentationParams
 
 Image = npt.NDArray[np.uint8]
 
@@ -47,6 +50,18 @@ class Timer:
     def latency(self) -> dict[str, float]:
         total = (time.perf_counter() - self._start) * 1e3
         return {k: round(v, 3) for k, v in {**self.ms, "total": total}.items()}
+
+
+def class_items(params: SegmentationParams) -> list[str | int] | None:
+    """``params.classes`` as a list: a comma string split, one index wrapped; None if unset."""
+    value = params.classes
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return list(value.split(","))
+    if isinstance(value, list):
+        return list(value)
+    return [value]  # a single index, e.g. --param classes=15
 
 
 @dataclass

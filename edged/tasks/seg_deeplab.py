@@ -26,6 +26,7 @@ from edged.tasks.seg_common import (
     Image,
     SegOutput,
     Timer,
+    class_items,
     fixed_hw,
     input_spec,
     map_2d,
@@ -36,16 +37,9 @@ from edged.tasks.seg_common import (
 
 def select_classes(params: SegmentationParams, labels: list[str], default: int) -> list[int]:
     """``params.classes`` as names or indices (list or comma string) -> class indices."""
-    value = params.classes
-    if value is None:
+    items = class_items(params)
+    if items is None:
         return [default]
-    items: list[str | int]
-    if isinstance(value, str):
-        items = list(value.split(","))
-    elif isinstance(value, list):
-        items = list(value)
-    else:  # a single index, e.g. --param classes=15
-        items = [value]
     chosen: list[int] = []
     for item in items:
         text = str(item).strip()

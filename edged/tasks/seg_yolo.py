@@ -25,7 +25,7 @@ from edged.imaging import Letterbox, letterbox
 from edged.models.schema import ModelEntry
 from edged.tasks.base import TaskRequest
 from edged.tasks.params import SegmentationParams, params_of
-from edged.tasks.seg_common import Image, SegOutput, Timer, fixed_hw, input_spec
+from edged.tasks.seg_common import Image, SegOutput, Timer, class_items, fixed_hw, input_spec
 
 F32 = npt.NDArray[np.float32]
 EDGE_EPS = 1e-3
@@ -106,20 +106,13 @@ def instance_mask(
 
 
 def _classes(params: SegmentationParams) -> list[int] | None:
-    value = params.classes
-    if value is None:
+    items = class_items(params)
+    if items is None:
         return None
-    items: list[str | int]
-    if isinstance(value, str):
-        items = list(value.split(","))
-    elif isinstance(value, list):
-        items = list(value)
-    else:  # a single index, e.g. --param classes=15
-        items = [value]
     try:
         return [int(v) for v in items]
     except (TypeError, ValueError):
-        raise BadRequest(f"classes={value!r}: give class indices, e.g. 0,2") from None
+        raise BadRequest(f"classes={params.classes!r}: give class indices, e.g. 0,2") from None
 
 
 def segment(
