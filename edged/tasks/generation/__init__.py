@@ -19,6 +19,7 @@ import numpy.typing as npt
 from edged.errors import BadRequest, ModelNotFound
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
 from edged.tasks.generation import sdxl
+from edged.tasks.generation.licence import check_dir_licence, check_name_licence
 from edged.tasks.generation.lora import choose as lora_choice
 from edged.tasks.generation.parts import component_parts, component_session
 from edged.tasks.generation.pipeline import (
@@ -42,7 +43,19 @@ __all__ = ["encode_text", "resolve_model_dir", "run", "stage_needs"]
 
 
 def resolve_model_dir(engine: Engine | None, name: str | None) -> Path:
-    """A model dir path, a catalogue entry with a ``dir`` file, or a dir on the search path."""
+    """A model dir path, a catalogue entry with a ``dir`` file, or a dir on the search path,
+    behind the licence gate (``edged.tasks.generation.licence``): the named entry's licence
+    before the search, then every licence known for the dir found."""
+    if engine is None:
+        return _find_model_dir(None, name)
+    allowed = engine.settings.allowed_licences
+    check_name_licence(engine.catalog, allowed, name)
+    root = _find_model_dir(engine, name)
+    check_dir_licence(engine.catalog, allowed, root)
+    return root
+
+
+def _find_model_dir(engine: Engine | None, name: str | None) -> Path:
     if not name:
         raise BadRequest("generation needs a model: a diffusers ONNX dir (model or model_dir)")
     path = Path(name)
@@ -227,6 +240,7 @@ def run(
     total = (time.perf_counter() - start) * 1000
     unet_parts = int(timings.pop("unet_parts", 0))
     decoder_tile = int(timings.pop("decoder_tile", 0))
+    encoder_parts = int(timings.pop("text_encoder_parts", 0))
     meta = {
         "seed": params.seed,
         "steps": params.steps,
@@ -235,6 +249,7 @@ def run(
         "scheduler": scheduler_config(model, params).kind,
         "residency": residency.strategy,
         "unet_parts": unet_parts,
+        "text_encoder_parts": encoder_parts,
         "lora": residency.lora.adapter.path.name if residency.lora else None,
         "lora_scale": residency.lora.scale if residency.lora else None,
         "decoder": params.decoder,
