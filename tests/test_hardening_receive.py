@@ -122,3 +122,35 @@ def test_decode_bombs_over_the_wire(daemon: Daemon) -> None:
         assert needle in reply["error"]["message"]
     sock.close()
     assert daemon.alive()
+
+
+def test_a_daemon_with_a_tiny_budget_still_answers_every_request(tmp_path: Path) -> None:
+    """Limits derived from a 1000-byte budget would cap frames below a request's header (the
+    transport drops such a peer unanswered); the floor keeps every request answered."""
+    import numpy as np
+
+    from edged.wire.payloads import encode_array
+    from edged.wire.protocol import encode_request
+
+    config = tmp_path / "edged.toml"
+    config.write_text(config_toml({"memory_budget": 1000, "log_format": "json"}))
+    image = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    with Daemon(config, tmp_path) as running:  # its dirs come from the test's EDGED_* env
+        sock = _dealer(running.requests_endpoint)
+        try:
+            answers = {}
+            for task, arrays in (("segmentation", [image]), ("inpainting", [image, mask])):
+                payloads = [
+                    (name, "png", encode_array(arr, "png")[0], {})
+                    for name, arr in zip(["image", "mask"], arrays, strict=False)
+                ]
+                sock.send_multipart(encode_request(task, task, payloads=payloads))
+                (reply,) = _replies(sock)
+                assert reply["id"] == task
+                answers[task] = "ok" if reply["ok"] else reply["error"]["code"]
+        finally:
+            sock.close(0)
+    # No model fits in 1000 bytes: a clear too_large. OpenCV inpainting of a 32 x 32 image with
+    # nothing to fill needs no model and no working memory: it is served.
+    assert answers == {"segmentation": "too_large", "inpainting": "ok"}

@@ -12,7 +12,11 @@ Limits (``ReceiveLimits.derive``), from the memory budget ``B`` (the model pool'
 - in flight (queued and running) at most ``zmq.max_queue`` requests holding at most
   ``share`` bytes together (frames and decoded arrays); past either: ``busy``;
 - the transport cap (libzmq ``ZMQ_MAXMSGSIZE``, per frame) is ``min(2 * max_frame_bytes,
-  max_message_bytes)``: a bigger frame makes libzmq drop the peer without buffering it.
+  max_message_bytes)``: a bigger frame makes libzmq drop the peer without buffering it. This
+  is the one input that gets no reply (the connection is gone): between ``max_frame_bytes``
+  and the cap a frame is answered ``too_large``;
+- the message and queue limits never go below ``MIN_MESSAGE_BYTES`` (1 MiB), so a daemon
+  with a tiny budget still answers every request (``too_large`` for any model it cannot load).
 
 libzmq delivers a multipart message atomically: all its frames are in libzmq's memory before
 the first one can be read, so a message of many frames, each under the transport cap, costs
@@ -47,6 +51,8 @@ MAX_ENVELOPE_FRAMES = 2
 REQUEST_SHARE = 8
 """Received requests may hold 1/REQUEST_SHARE of the memory budget."""
 DEFAULT_BUDGET = 1_500_000_000
+MIN_MESSAGE_BYTES = 1 << 20
+"""Floor of the message and queue limits: a header and a small image are always answered."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,14 @@ class ReceiveLimits:
         wanted = zmq_settings.max_message_bytes or (
             MAX_HEADER_BYTES + 2 * zmq_settings.max_frame_bytes
         )
-        message = min(wanted, share)
+        # Never below MIN_MESSAGE_BYTES, however small the budget: under it the transport cap
+        # would drop every request (a header alone) without a reply.
+        message = max(min(wanted, share), MIN_MESSAGE_BYTES)
         return cls(
             max_message_bytes=message,
             max_frames=MAX_ENVELOPE_FRAMES + MAX_BODY_FRAMES,
             max_queue=zmq_settings.max_queue,
-            queue_bytes=share,
+            queue_bytes=max(share, MIN_MESSAGE_BYTES),
             transport_frame_bytes=min(2 * zmq_settings.max_frame_bytes, message),
             budget=budget,
         )
