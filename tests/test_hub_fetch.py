@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.testing.servers import HubServer
+from edged.testing.hub import HubServer
 
 MODEL = np.random.default_rng(16).bytes(3_000_000)
 SHA = hashlib.sha256(MODEL).hexdigest()

@@ -1,4 +1,5 @@
-"""Test helpers: servers: local HTTP file server, a fake Hugging Face Hub, wheels, npm tarballs."""
+"""Test helpers: servers: local HTTP file server, wheels, npm tarballs (the fake Hugging Face
+Hub is ``edged.testing.hub``)."""
 
 from __future__ import annotations
 
@@ -198,103 +199,6 @@ class FileServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-
-class HubServer(FileServer):
-    """A fake Hugging Face Hub on loopback: ``HEAD``/``GET /{repo}/resolve/{commit}/{path}``.
-
-    It answers as the Hub does for an LFS file (what huggingface_hub reads): ``X-Repo-Commit``,
-    ``X-Linked-Etag`` (the sha256), ``X-Linked-Size``, ``ETag``, ``Content-Length``; Range
-    requests; a cut connection mid-body (``cut_after``); errors as ``X-Error-Code``
-    (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``, and ``GatedRepo`` with 401
-    without a token, 403 with a wrong one). Point huggingface_hub at it with ``HF_ENDPOINT``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lfs: dict[str, tuple[str, str]] = {}
-        """resolve path -> (commit, the sha256 announced in X-Linked-Etag)."""
-        self.gated: dict[str, str] = {}
-        """repo id -> the token that opens it."""
-
-    def add_file(
-        self,
-        repo: str,
-        commit: str,
-        path: str,
-        body: bytes,
-        *,
-        announced_sha256: str | None = None,
-        **options: Any,
-    ) -> str:
-        """Serve ``body`` as ``path`` of ``repo`` at ``commit``; returns the ``hf://`` source.
-
-        ``announced_sha256`` makes the Hub's metadata differ from the bytes (a lying mirror).
-        """
-        import hashlib
-
-        resolve = f"/{repo}/resolve/{commit}/{path}"
-        self.routes[resolve] = Route(body, **options)
-        self.lfs[resolve] = (commit, announced_sha256 or hashlib.sha256(body).hexdigest())
-        return f"hf://{repo}@{commit}/{path}"
-
-    def gate(self, repo: str, token: str) -> None:
-        """Make ``repo`` answer only requests with ``Authorization: Bearer <token>``."""
-        self.gated[repo] = token
-
-    def _error(self, handler: Any, status: int, code: str, commit: str | None = None) -> None:
-        handler.send_response(status)
-        handler.send_header("X-Error-Code", code)
-        handler.send_header("X-Error-Message", f"fake hub: {code}")
-        if commit:
-            handler.send_header("X-Repo-Commit", commit)
-        handler.send_header("Content-Length", "0")
-        handler.end_headers()
-
-    def _refusal(self, handler: Any, path: str) -> tuple[int, str] | None:
-        repo, _, rest = path.lstrip("/").partition("/resolve/")
-        revision = rest.partition("/")[0]
-        known = [key for key in self.lfs if key.startswith(f"/{repo}/resolve/")]
-        if repo in self.gated:
-            auth = handler.headers.get("Authorization")
-            if auth != f"Bearer {self.gated[repo]}":
-                return (401 if auth is None else 403), "GatedRepo"
-        if not known:
-            return 404, "RepoNotFound"
-        if not any(key.startswith(f"/{repo}/resolve/{revision}/") for key in known):
-            return 404, "RevisionNotFound"
-        if path not in self.lfs:
-            return 404, "EntryNotFound"
-        return None
-
-    def _refused(self, handler: Any, path: str) -> bool:
-        refusal = self._refusal(handler, path)
-        if refusal is None:
-            return False
-        self._record(path, handler.headers.get("Range"), refusal[0], 0)
-        revision = path.partition("/resolve/")[2].partition("/")[0]
-        self._error(handler, *refusal, commit=revision if refusal[1] == "EntryNotFound" else None)
-        return True
-
-    def _answer(self, handler: Any) -> None:
-        if not self._refused(handler, handler.path.split("?")[0]):
-            super()._answer(handler)
-
-    def _answer_head(self, handler: Any) -> None:
-        path = handler.path.split("?")[0]
-        if self._refused(handler, path):
-            return
-        commit, sha = self.lfs[path]
-        size = len(self.routes[path].body)
-        self._record(path, None, 200, 0)
-        handler.send_response(200)
-        handler.send_header("X-Repo-Commit", commit)
-        handler.send_header("X-Linked-Etag", f'"{sha}"')
-        handler.send_header("X-Linked-Size", str(size))
-        handler.send_header("ETag", f'"{sha}"')
-        handler.send_header("Accept-Ranges", "bytes")
-        handler.send_header("Content-Length", str(size))
-        handler.end_headers()
 
 
 def build_wheel(
