@@ -246,3 +246,29 @@ def test_add_makes_a_converted_dir_loadable_by_name(converted: Path, tmp_path: P
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert read_png(png).shape == (16, 16, 3)
+
+
+def test_daemon_serves_a_converted_dir_with_diffusers_image(
+    converted: Path, sources: dict[str, tuple[Path, Any]], tmp_path: Path
+) -> None:
+    """The converted dir (fp32 preset) by name from model_dirs, over ZeroMQ from a real
+    daemon: the same uint8 image as diffusers' pipeline, as `edged infer` gives."""
+    from edged.convert.parity import diffusers_image
+    from edged.testing.daemon import Daemon, config_toml
+    from edged.wire.client import Client
+
+    work = tmp_path / "d"
+    work.mkdir()
+    config = work / "edged.toml"
+    config.write_text(config_toml({"model_dirs": [str(converted.parent)], "log_format": "json"}))
+    case, seed = CASES["sd-turbo"], 11
+    with Daemon(config, work) as daemon, Client(daemon.requests_endpoint, timeout_s=120) as client:
+        reply = client.request(
+            "generation", model=converted.name, prompt=PROMPT, params={**case, "seed": seed}
+        )
+    got = reply.outputs["image"]
+    ref = diffusers_image(sources["sd-turbo"][1], PROMPT, case, seed)
+    assert got.shape == ref.shape == (16, 16, 3)
+    assert int(ref.max()) - int(ref.min()) > 20  # a real picture, not a flat field
+    diff = int(np.abs(got.astype(np.int16) - ref.astype(np.int16)).max())
+    assert diff <= 1, f"daemon vs diffusers differ by {diff} levels"
