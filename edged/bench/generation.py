@@ -8,13 +8,15 @@ Each run is a fresh child process (so one run's heap never inflates the next one
   warm one (new prompt: text encoder runs again, nothing is loaded).
 
 Peak RSS is the whole process (Python + onnxruntime + models), sampled every 5 ms and
-cross-checked with the kernel's VmHWM.
+cross-checked with the kernel's VmHWM; ``peak_bytes_per_stage`` splits it by stage (text
+encoder, UNet steps, decoder), each stage's loads and evictions included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -85,23 +87,29 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     if args.steps:
         params["steps"] = args.steps
     reset_hwm()
-    runs = []
+    runs: list[tuple[float, dict[str, Any]]] = []
     with PeakSampler() as sampler:
+        stages = StagePeaks(sampler)
         for prompt in PROMPTS[: 2 if args.residency == "resident" else 1]:
             start = time.perf_counter()
             request = TaskRequest("generation", str(args.model_dir), prompt=prompt, params=params)
-            result = engine.run(request)
+            result = engine.run(request, progress=None if runs else stages.progress)
+            if not runs:
+                stages.finish()
             runs.append((time.perf_counter() - start, result.meta))
     hwm = snapshot(with_pss=False).as_dict().get("hwm_bytes")
     seconds, meta = runs[0]
     out: dict[str, Any] = {
         "peak_rss_bytes": sampler.peak,
+        "peak_bytes_per_stage": stages.peaks,
         "vm_hwm_bytes": hwm,
         "budget_bytes": engine.pool.budget,
         "seconds_total": round(seconds, 2),
         "seconds_per_stage": {k: round(v, 2) for k, v in meta["seconds_per_stage"].items()},
         "resident_strategy": meta["residency"],
         "unet_parts": meta.get("unet_parts", 0),
+        "text_encoder_parts": meta.get("text_encoder_parts", 0),
+        "decoder_tile": meta.get("decoder_tile", 0),
         "steps": meta["steps"],
         "decoder": meta["decoder"],
     }
@@ -113,8 +121,39 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+class StagePeaks:
+    """Progress callback splitting the sampler's peak by stage: the text encoder ends at
+    ``text_encoder: done``, the UNet at its last ``unet: step n/n``, the decoder with the
+    request (``finish``). Loads and evictions count in the stage they belong to."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.stage = "text_encoder"
+        self.peaks: dict[str, int] = {}
+        sampler.mark()
+
+    def _close(self, following: str) -> None:
+        self.peaks[self.stage] = self.sampler.peak_since_mark()
+        self.sampler.mark()
+        self.stage = following
+
+    def progress(self, step: int, total: int, message: str) -> None:
+        if message.startswith("text_encoder:") and self.stage == "text_encoder":
+            self._close("unet")
+            return
+        unet = re.search(r"^unet: step (\d+)/(\d+)", message)
+        if unet and unet[1] == unet[2] and self.stage == "unet":
+            self._close("decoder")
+
+    def finish(self) -> None:
+        if self.stage not in self.peaks:
+            self._close("done")
+
+
 def _spawn(args: argparse.Namespace, budget: str, residency: str, state: str) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "edged", "bench", "generation", "--child", "--json"]
+    # The child is this module, not ``python -m edged``: building the whole CLI imports
+    # every sub-command (cv2, zmq: +31 MB) that a generation process does not need.
+    argv = [sys.executable, "-m", "edged.bench.generation", "--child", "--json"]
     argv += ["--state-dir", state]
     argv += ["--model-dir", str(args.model_dir), "--budget", budget, "--residency", residency]
     argv += ["--size", str(args.size), "--decoder", args.decoder]
@@ -167,3 +206,15 @@ def _print_table(result: dict[str, Any]) -> None:
             f"{name:9} {r['resident_strategy']:8} peak {format_bytes(r['peak_rss_bytes'])} "
             f"budget {format_bytes(r['budget_bytes'])} total {r['seconds_total']}s ({stages}){warm}"
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edged.bench.generation ARGS``: the suite alone (the measured child)."""
+    parser = argparse.ArgumentParser(prog="edged bench")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["generation", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

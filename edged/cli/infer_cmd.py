@@ -141,9 +141,12 @@ def _handler(args: argparse.Namespace) -> int:
     request = build_request(args)
     started = time.perf_counter()
     engine = Engine(settings)
+    shown = _progress_line(request)
     try:
-        result = engine.run(request)
+        result = engine.run(request, progress=shown)
     finally:
+        if shown is not None:
+            shown.close()
         engine.close()
     out = primary_output(result)
     if out.dtype != np.uint8:
@@ -167,6 +170,15 @@ def _handler(args: argparse.Namespace) -> int:
     else:
         print(summary(line, args.output))
     return 0
+
+
+def _progress_line(request: TaskRequest) -> Any:
+    """Generation on a terminal: stage and step progress with a time estimate on stderr."""
+    if request.task != "generation" or not sys.stderr.isatty():
+        return None
+    from edged.tasks.generation.progress import ProgressLine
+
+    return ProgressLine(sys.stderr)
 
 
 def summary(line: dict[str, Any], output: Path) -> str:

@@ -273,6 +273,7 @@ def generate(
     clock["decoder"] = time.perf_counter() - start
     clock["unet_parts"] = float(len(chosen.parts.parts)) if chosen.parts is not None else 0.0
     clock["decoder_tile"] = float(chosen.decoder_tile)
+    clock["text_encoder_parts"] = float(chosen.encoder_parts)
     return decoders.to_uint8(image)
 
 

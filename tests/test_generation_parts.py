@@ -1,0 +1,159 @@
+"""Issue 18, part 2: text encoder and UNet in parts give the resident image exactly; parts
+sized by a budget (``edged models split --budget``); the daemon at its default budget on a dir
+with parts; progress with a time estimate.
+
+Tiny real-IO model dirs (edged.testing), real onnxruntime sessions, the real memory pool, a
+real daemon subprocess.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edged.config import load_settings
+from edged.engine import Engine
+from edged.graph.split import read_parts, split_model
+from edged.tasks.base import TaskRequest
+from edged.tasks.generation.budget import PROCESS_BYTES, parts_for_process
+from edged.tasks.generation.progress import ProgressLine
+from edged.tasks.generation.staged import clear_embedding_cache
+from edged.testing import make_tiny_sd_dir
+from edged.testing.daemon import Collector, Daemon, config_toml
+from edged.wire.client import Client
+
+PARAMS = {"width": 64, "height": 64, "seed": 7, "decoder_tile": 0}
+
+
+@pytest.fixture(scope="module")
+def parted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """UNet and text encoder both split in 2."""
+    root = make_tiny_sd_dir(
+        tmp_path_factory.mktemp("parts") / "both", unet_ballast_mb=8, unet_ballast_pieces=8
+    )
+    split_model(root / "unet" / "model.onnx", root / "unet" / "parts", 2)
+    encoder = root / "text_encoder" / "model.onnx"
+    split_model(encoder, encoder.parent / "parts", 2)
+    return root
+
+
+def _run(budget: int | None, root: Path, **params: object) -> object:
+    clear_embedding_cache()
+    overrides = {} if budget is None else {"memory_budget": budget}
+    engine = Engine(load_settings(overrides=overrides))
+    try:
+        request = TaskRequest("generation", str(root), prompt="a kite", params={**PARAMS, **params})
+        return engine.run(request)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_parts_give_the_resident_image(parted: Path, steps: int) -> None:
+    resident = _run(None, parted, residency="resident", steps=steps)
+    # Under the process's own share every component that has parts runs in them.
+    staged = _run(PROCESS_BYTES // 2, parted, steps=steps)
+    assert resident.meta["unet_parts"] == 0  # type: ignore[attr-defined]
+    assert staged.meta["unet_parts"] == 2  # type: ignore[attr-defined]
+    assert staged.meta["text_encoder_parts"] == 2  # type: ignore[attr-defined]
+    assert np.array_equal(resident.outputs["image"], staged.outputs["image"])  # type: ignore[attr-defined]
+
+
+def test_whole_when_it_leaves_room_for_the_process(parted: Path) -> None:
+    result = _run(None, parted)  # the default budget: everything fits
+    assert result.meta["unet_parts"] == 0  # type: ignore[attr-defined]
+    assert result.meta["text_encoder_parts"] == 0  # type: ignore[attr-defined]
+
+
+def _split_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "edged", "models", "split", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_split_budget_sizes_parts_by_the_plan(tmp_path: Path) -> None:
+    root = make_tiny_sd_dir(tmp_path / "d", unet_ballast_mb=8, unet_ballast_pieces=8)
+    unet = root / "unet" / "model.onnx"
+    budget = PROCESS_BYTES + 12_000_000
+    expected = parts_for_process("unet", unet, budget, 512 * 512)
+    assert expected is not None
+    assert expected > 2
+    done = _split_cli(str(root), "--budget", str(budget))
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = read_parts(root / "unet" / "parts")
+    assert manifest is not None
+    assert len(manifest.parts) == expected
+    assert len(json.loads(done.stdout)["parts"]) == expected
+    # A larger budget needs fewer parts; --parts N still works.
+    fewer = parts_for_process("unet", unet, budget + 12_000_000, 512 * 512)
+    assert fewer is not None
+    assert fewer < expected
+    again = _split_cli(str(root), "--parts", "3", "--out", str(tmp_path / "three"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(read_parts(tmp_path / "three").parts) == 3  # type: ignore[union-attr]
+
+
+def test_split_budget_below_the_process_names_what_to_do(tmp_path: Path) -> None:
+    root = make_tiny_sd_dir(tmp_path / "d")
+    done = _split_cli(str(root), "--budget", "50M")
+    assert done.returncode != 0
+    assert "--budget" in done.stderr
+    assert "--parts" in done.stderr
+    assert not (root / "unet" / "parts").exists()
+
+
+def test_daemon_at_its_default_budget_on_a_dir_with_parts(parted: Path, tmp_path: Path) -> None:
+    """The daemon's own budget (none configured) on a dir with parts: one reply with the
+    resident image, and the stage progress published as events."""
+    reference = _run(None, parted, residency="resident")
+    work = tmp_path / "d"
+    work.mkdir()
+    config = work / "edged.toml"
+    top = {"model_dirs": [str(parted.parent)], "log_format": "json"}
+    config.write_text(config_toml(top, {"zmq": {"stats_interval_s": 0.2}}))
+    with Daemon(config, work) as daemon, Client(daemon.requests_endpoint, timeout_s=120) as client:
+        events = Collector(daemon.results_endpoint)
+        assert events.until(lambda m: m.topic == "stats", timeout=10)  # subscribed
+        reply = client.request("generation", model=parted.name, prompt="a kite", params=PARAMS)
+        assert np.array_equal(reply.outputs["image"], reference.outputs["image"])  # type: ignore[attr-defined]
+        assert reply.header["meta"]["residency"] in ("resident", "staged")
+        assert events.until(lambda m: m.topic == "events.generation", timeout=10)
+        messages = [m.header["data"]["message"] for m in events.results("events.generation")]
+        assert "text_encoder: done" in messages
+        assert any(m.startswith("unet: step 1/1") for m in messages)
+        assert daemon.alive()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_line_estimates_from_each_stage_rate() -> None:
+    clock, out = _Clock(), io.StringIO()
+    line = ProgressLine(out, clock=clock)
+    clock.now += 2.0
+    line(1, 6, "text_encoder: done")
+    clock.now += 4.0
+    line(2, 6, "unet: step 1/2 t=999")
+    # One UNet step left at its own 4 s, three decoder tiles at the overall 3 s per unit.
+    assert line.estimate(2, 6, "unet: step 1/2 t=999") == pytest.approx(4.0 + 3 * 3.0)
+    assert out.getvalue().endswith("[2/6] unet: step 1/2 t=999  6.0 s, ~13 s left")
+    clock.now += 4.0
+    line(3, 6, "unet: step 2/2 t=499")
+    for tile in (1, 2, 3):
+        clock.now += 0.5
+        line(3 + tile, 6, f"decoder: tile {tile}/3")
+    text = out.getvalue()
+    # Done: no estimate, the shorter line padded over the last one, and ended.
+    assert text.rstrip(" \n").endswith("\r[6/6] decoder: tile 3/3  11.5 s")
+    assert text.endswith("\n")
+    assert text.count("\n") == 1
