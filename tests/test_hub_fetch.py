@@ -104,6 +104,24 @@ def test_fetch_installs_verified_file_in_hub_cache_layout(tmp_path: Path, hub: H
     assert "bytes=3000000" in downloaded[0]
 
 
+def test_installed_file_shares_the_cache_blob_and_outlives_the_cache(
+    tmp_path: Path, hub: HubServer
+) -> None:
+    """One copy on disk: the model dir's file is a hard link to the Hub cache's blob (same
+    file system here), not a second copy and not a symlink into the cache."""
+    import shutil
+
+    write_manifest(tmp_path / "catalog", hub.add_file(REPO, COMMIT, "onnx/tiny.onnx", MODEL))
+    assert fetch(tmp_path, hub).returncode == 0
+    installed = models_dir(tmp_path) / "tiny_sr.onnx"
+    blob = hub_cache(tmp_path) / "models--edged-test--tiny-sr" / "blobs" / SHA
+    assert not installed.is_symlink()
+    assert installed.stat().st_ino == blob.stat().st_ino
+    assert blob.stat().st_nlink == 2  # the blob and the model file; no .part left linked
+    shutil.rmtree(hub_cache(tmp_path))  # cleaning the Hub cache keeps the model
+    assert hashlib.sha256(installed.read_bytes()).hexdigest() == SHA
+
+
 def test_resume_after_cut_connection(tmp_path: Path, hub: HubServer) -> None:
     # huggingface_hub writes in 10 MiB chunks and resumes from the last whole one it wrote,
     # so the cut has to come after one: 16 MiB served, cut at 12 MiB, resumed at 10 MiB.

@@ -5,11 +5,14 @@ huggingface_hub does the transfer (its cache layout, in-call resume with HTTP Ra
 not: the Hub's LFS sha256 (``X-Linked-Etag``) must equal the manifest's before a byte is
 downloaded, and the downloaded bytes must hash to it afterwards (huggingface_hub checks only
 the size). A cached file that hashes wrong is removed from the cache, so it is never served
-again. huggingface_hub reads its environment at import, so it is imported here, lazily.
+again. The model dir's file is a hard link to the cache blob where both are on one file
+system (one copy on disk), else a copy. huggingface_hub reads its environment at import, so
+it is imported here, lazily.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -156,17 +159,32 @@ def _check_metadata(hf: Any, src: HubSource, sha256: str | None, size: int | Non
         raise FetchError(f"{src}: the Hub says {meta.size} bytes, the catalogue {size}")
 
 
-def _copy_hashing(cached: Path, part: Path, label: str) -> str:
-    """Copy the cached file to the ``.part`` the installer verifies; returns its sha256."""
+def _hash_into(cached: Path, out: Path | None, label: str) -> str:
+    """sha256 of ``cached``, copying it to ``out`` on the way when given (edged's progress)."""
     digest = hashlib.sha256()
     progress = Progress(f"{label} (from the Hub cache)", cached.stat().st_size)
-    with cached.open("rb") as src, part.open("wb") as out:
+    with cached.open("rb") as src, out.open("wb") if out else contextlib.nullcontext() as dst:
         while block := src.read(1 << 20):
             digest.update(block)
-            out.write(block)
+            if dst is not None:
+                dst.write(block)
             progress.update(len(block))
     progress.close()
     return digest.hexdigest()
+
+
+def _link_hashing(cached: Path, part: Path, label: str) -> str:
+    """Put the cached file at ``part`` (which the installer verifies and renames into the
+    model dir); returns its sha256. A hard link to the cache blob when both are on one file
+    system, so the Hub cache and the model dir hold one copy on disk (and the model dir's
+    file outlives a cleaned cache, unlike a symlink); else a copy."""
+    blob = cached.resolve()
+    part.unlink(missing_ok=True)
+    try:
+        os.link(blob, part)
+    except OSError:  # EXDEV (another file system), EPERM/ENOTSUP (no hard links), EMLINK
+        return _hash_into(blob, part, label)
+    return _hash_into(part, None, label)
 
 
 def _evict(cached: Path) -> None:
@@ -219,7 +237,7 @@ def fetch_hub(
     except (OSError, ValueError, hf.errors.HfHubHTTPError) as exc:
         raise _translate(exc, src, hf) from exc
     log.info("fetch.hub_cached", source=source, path=str(cached))
-    actual = _copy_hashing(cached, part, label)
+    actual = _link_hashing(cached, part, label)
     if sha256 is not None and actual != sha256:
         _evict(cached)
         part.unlink(missing_ok=True)
