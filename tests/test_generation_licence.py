@@ -110,3 +110,31 @@ def test_daemon_answers_licence_for_sd_turbo_unless_allowed(models: Path, tmp_pa
     with allowing as daemon, Client(daemon.requests_endpoint, timeout_s=120) as client:
         reply = client.request("generation", model="sd_turbo", prompt="a kite", params=SMALL)
         assert reply.outputs["image"].shape == (64, 64, 3)
+
+
+def test_a_catalogued_decoder_passes_the_gate_too(models: Path, tmp_path: Path) -> None:
+    """decoder=NAME loads the catalogue's NAME_decoder: its licence is checked as a model's."""
+    from edged.config import Settings
+    from edged.engine import Engine
+    from edged.tasks.base import TaskRequest
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "taesd_decoder.toml").write_text(
+        'name = "taesd_decoder"\ntask = "generation"\nfamily = "taesd"\n'
+        'licence = "LicenseRef-test-nc"\n'
+        '[[files]]\nformat = "onnx"\npath = "taesd_decoder.onnx"\n'
+    )
+    make_tiny_sd_dir(models / "tiny")
+    settings = Settings(model_dirs=[models], catalog_dirs=[catalog])
+    request = TaskRequest(
+        "generation", "tiny", prompt="a kite", params={**SMALL, "decoder": "taesd"}
+    )
+    engine = Engine(settings)
+    try:
+        with pytest.raises(LicenceNotAllowed) as info:
+            engine.run(request)
+    finally:
+        engine.close()
+    assert "taesd_decoder is licensed LicenseRef-test-nc" in str(info.value)
+    assert info.value.wire_code == "licence"

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.errors import BadRequest, ModelNotFound
+from edged.models.catalog import check_licence
 from edged.runtime.base import Session
 
 if TYPE_CHECKING:
@@ -121,6 +122,8 @@ def _locate(engine: Engine | None, stem: str) -> Path:
             entry = engine.catalog.get(stem)
         except ModelNotFound:  # not catalogued: fall back to the search path below
             entry = None
+        if entry is not None:  # a catalogued decoder passes the licence gate like any model
+            check_licence(entry, engine.settings.allowed_licences)
         for file in entry.files if entry is not None else []:
             located = engine.catalog.locate(file)
             if located is not None and located.suffix == ".onnx":
