@@ -26,6 +26,7 @@ from edged.tasks.generation.progress import ProgressLine
 from edged.tasks.generation.staged import clear_embedding_cache
 from edged.testing import make_tiny_sd_dir
 from edged.testing.daemon import Collector, Daemon, config_toml
+from edged.testing.sdxl import make_tiny_sdxl_dir
 from edged.wire.client import Client
 
 PARAMS = {"width": 64, "height": 64, "seed": 7, "decoder_tile": 0}
@@ -58,8 +59,22 @@ def _run(budget: int | None, root: Path, **params: object) -> object:
 def test_parts_give_the_resident_image(parted: Path, steps: int) -> None:
     resident = _run(None, parted, residency="resident", steps=steps)
     # Under the process's own share every component that has parts runs in them.
-    staged = _run(PROCESS_BYTES // 2, parted, steps=steps)
+    staged = _run(PROCESS_BYTES // 2, parted, residency="staged", steps=steps)
     assert resident.meta["unet_parts"] == 0  # type: ignore[attr-defined]
+    assert staged.meta["unet_parts"] == 2  # type: ignore[attr-defined]
+    assert staged.meta["text_encoder_parts"] == 2  # type: ignore[attr-defined]
+    assert np.array_equal(resident.outputs["image"], staged.outputs["image"])  # type: ignore[attr-defined]
+
+
+def test_sdxl_encoders_and_unet_in_parts_give_the_resident_image(tmp_path: Path) -> None:
+    """SDXL's CLIPs output every hidden state, each also the next layer's input: the parted
+    run must keep those outputs although a later part reads them."""
+    root = make_tiny_sdxl_dir(tmp_path / "xl")
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        path = root / component / "model.onnx"
+        split_model(path, path.parent / "parts", 2)
+    resident = _run(None, root, residency="resident")
+    staged = _run(PROCESS_BYTES // 2, root, residency="staged")
     assert staged.meta["unet_parts"] == 2  # type: ignore[attr-defined]
     assert staged.meta["text_encoder_parts"] == 2  # type: ignore[attr-defined]
     assert np.array_equal(resident.outputs["image"], staged.outputs["image"])  # type: ignore[attr-defined]

@@ -97,7 +97,7 @@ def choice(
     from edged.tasks.generation.parts import PARTS_DIR
 
     whole = residency.need(component, path)
-    if whole <= budget - PROCESS_BYTES:
+    if whole <= budget - PROCESS_BYTES or (residency.strategy == "resident" and whole <= budget):
         return None, whole
     manifest = read_parts(path.parent / PARTS_DIR)
     if manifest is None:

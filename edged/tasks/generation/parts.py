@@ -45,13 +45,16 @@ class PartedSession:
 
     def run(self, feeds: Feeds) -> dict[str, Array]:
         env: dict[str, Any] = dict(feeds)
+        # Graph outputs stay even when a later part reads them too (SDXL's CLIP: every
+        # hidden_states.N is an output and the next layer's input).
+        keep = set(feeds) | {o["name"] for o in self.manifest.outputs}
         for index, part in enumerate(self.manifest.parts):
             component = f"{self.component}:part{index}"
             with self.residency.use(component, self.manifest.directory / part.path) as session:
                 env.update(session.run({name: env[name] for name in part.inputs}))
             self.residency.release(component)
             for name in part.inputs:  # drop activations no later part reads
-                if name not in feeds and not _read_later(self.manifest, index, name):
+                if name not in keep and not _read_later(self.manifest, index, name):
                     env.pop(name, None)
         return {o["name"]: env[o["name"]] for o in self.manifest.outputs}
 
