@@ -284,3 +284,25 @@ def _args() -> Any:
     import argparse
 
     return argparse.Namespace(config=None, log_level=None, model_dir=None)
+
+
+def test_reliability_suite_answers_every_hostile_input_inside_the_budget(
+    shared_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A short `edged bench reliability`: every verdict but the stream's CPU ratio (a speed
+    figure, judged by the benchmark itself, never by a test)."""
+    # The shared models join the daemon's model dirs (bench_model_dirs). The exit code is the
+    # whole verdict, CPU ratio included: checked for consistency below, not required to be 0.
+    code = main(["bench", "reliability", "--variants", "6", "--window", "2", "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    stream = result["stream"]
+    assert code == (0 if result["passed"] else 1)
+    assert result["passed"] == (stream["ratio"] is not None and stream["ratio"] <= stream["goal"])
+    requests = result["requests"]
+    assert requests["sent"] == requests["answered"] >= 20
+    assert requests["wrong"] == []
+    assert result["daemon_alive"]
+    assert result["peak_vmhwm_bytes"] <= result["budget_bytes"] + result["memory_reserve_bytes"]
+    assert result["inbox"]["inputs"] == result["inbox"]["records"] == 8
+    assert stream["frames"] > 0
+    assert stream["baseline_cpu_s_per_frame"] > 0
