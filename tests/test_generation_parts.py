@@ -172,3 +172,19 @@ def test_progress_line_estimates_from_each_stage_rate() -> None:
     assert text.rstrip(" \n").endswith("\r[6/6] decoder: tile 3/3  11.5 s")
     assert text.endswith("\n")
     assert text.count("\n") == 1
+
+
+def test_bench_reports_the_peak_of_each_stage(parted: Path) -> None:
+    """``edged bench generation``'s child (``python -m edged.bench.generation``) splits its
+    peak by stage."""
+    argv = [sys.executable, "-m", "edged", "bench", "generation", "--model-dir", str(parted)]
+    argv += ["--budget", str(PROCESS_BYTES // 2), "--residency", "staged", "--size", "64"]
+    argv += ["--no-baseline", "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    stages = report["peak_bytes_per_stage"]
+    assert list(stages) == ["text_encoder", "unet", "decoder"]
+    assert all(0 < peak <= report["peak_rss_bytes"] for peak in stages.values())
+    assert report["unet_parts"] == 2
+    assert report["text_encoder_parts"] == 2
