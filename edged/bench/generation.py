@@ -10,6 +10,9 @@ Each run is a fresh child process (so one run's heap never inflates the next one
 Peak RSS is the whole process (Python + onnxruntime + models), sampled every 5 ms and
 cross-checked with the kernel's VmHWM; ``peak_bytes_per_stage`` splits it by stage (text
 encoder, UNet steps, decoder), each stage's loads and evictions included.
+
+``--decoder auto`` (default) is settled for ``--budget`` first (the VAE if it fits, else a
+tiny decoder, else VAE tiles) and the baseline uses that same decoder.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def register(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--budget", default="1G", help="pool budget for the budgeted run (1G, 1.5G)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
     p.add_argument("--size", type=int, default=512, help="image width = height")
-    p.add_argument("--decoder", default="vae", help="vae | vaelight | taesd | path.onnx")
+    p.add_argument(
+        "--decoder", default="auto", help="auto | vae | tiny | vaelight | taesd | path.onnx"
+    )
     p.add_argument("--model-dirs", default=None, help="extra model dir for named decoders")
     p.add_argument("--residency", default="auto", choices=["auto", "staged", "resident"])
     p.add_argument("--no-baseline", action="store_true", help="skip the all-resident run")
@@ -112,6 +117,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         "decoder_tile": meta.get("decoder_tile", 0),
         "steps": meta["steps"],
         "decoder": meta["decoder"],
+        "decoder_choice": meta.get("decoder_choice", "asked"),
     }
     if len(runs) > 1:
         out["warm_seconds_total"] = round(runs[1][0], 2)
@@ -150,13 +156,39 @@ class StagePeaks:
             self._close("done")
 
 
-def _spawn(args: argparse.Namespace, budget: str, residency: str, state: str) -> dict[str, Any]:
+def settled_decoder(args: argparse.Namespace) -> str:
+    """``--decoder auto`` settled for the budgeted run's budget (the same rule the request
+    applies), so the resident baseline decodes with the decoder the budgeted run will use:
+    the two runs then differ only in residency."""
+    if args.decoder != "auto":
+        return str(args.decoder)
+    from edged.config import load_settings
+    from edged.engine import Engine
+    from edged.pool.model_pool import ModelPool
+    from edged.tasks.generation.budget import choose_decoder
+    from edged.tasks.generation.pipeline import ModelDir
+    from edged.tasks.generation.staged import Residency
+
+    budget = parse_bytes(args.budget)
+    assert isinstance(budget, int)
+    overrides: dict[str, Any] = {"model_dirs": [args.model_dirs]} if args.model_dirs else {}
+    engine = Engine(load_settings(overrides=overrides), pool=ModelPool(budget))
+    try:
+        residency = Residency(engine, args.model_dir, strategy="staged", pixels=args.size**2)
+        return choose_decoder(residency, ModelDir.load(args.model_dir), engine).name
+    finally:
+        engine.close()
+
+
+def _spawn(
+    args: argparse.Namespace, budget: str, residency: str, state: str, decoder: str
+) -> dict[str, Any]:
     # The child is this module, not ``python -m edged``: building the whole CLI imports
     # every sub-command (cv2, zmq: +31 MB) that a generation process does not need.
     argv = [sys.executable, "-m", "edged.bench.generation", "--child", "--json"]
     argv += ["--state-dir", state]
     argv += ["--model-dir", str(args.model_dir), "--budget", budget, "--residency", residency]
-    argv += ["--size", str(args.size), "--decoder", args.decoder]
+    argv += ["--size", str(args.size), "--decoder", decoder]
     if args.steps:
         argv += ["--steps", str(args.steps)]
     if args.model_dirs:
@@ -178,8 +210,12 @@ def _handler(args: argparse.Namespace) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="edged-bench-gen-") as state:
-        baseline = None if args.no_baseline else _spawn(args, str(UNLIMITED), "resident", state)
-        result = _spawn(args, args.budget, args.residency, state)
+        if args.no_baseline:
+            baseline = None
+        else:
+            same = settled_decoder(args)
+            baseline = _spawn(args, str(UNLIMITED), "resident", state, same)
+        result = _spawn(args, args.budget, args.residency, state, args.decoder)
     result["unet_precision"] = unet_precision(args.model_dir)
     result["model_dir"] = str(args.model_dir)
     if baseline is not None:
@@ -204,7 +240,8 @@ def _print_table(result: dict[str, Any]) -> None:
         warm = f" warm {r['warm_seconds_total']}s" if "warm_seconds_total" in r else ""
         print(
             f"{name:9} {r['resident_strategy']:8} peak {format_bytes(r['peak_rss_bytes'])} "
-            f"budget {format_bytes(r['budget_bytes'])} total {r['seconds_total']}s ({stages}){warm}"
+            f"budget {format_bytes(r['budget_bytes'])} decoder {r['decoder']} "
+            f"total {r['seconds_total']}s ({stages}){warm}"
         )
 
 

@@ -142,7 +142,7 @@ class GenerationParams(TaskParams):
     seed: Int = Field(default=0, ge=0, le=2**32 - 1)
     width: Int = Field(default=512, ge=64, le=2048)
     height: Int = Field(default=512, ge=64, le=2048)
-    decoder: Text = "vae"
+    decoder: Text = "auto"
     decoder_tile: Int | None = Field(default=None, ge=0, le=1024)
     scheduler: Literal["auto", "euler", "lcm"] = "auto"
     residency: Literal["auto", "resident", "staged"] | None = None

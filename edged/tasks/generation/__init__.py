@@ -1,7 +1,8 @@
 """Text-to-image: SD-Turbo / LCM / small SD from a diffusers-layout ONNX directory.
 
 Request: ``prompt`` plus params ``steps``, ``guidance_scale``, ``seed``, ``width``,
-``height``, ``negative_prompt``, ``decoder`` (vae | vaelight | taesd | taesdxl | taef2 | path.onnx),
+``height``, ``negative_prompt``, ``decoder`` (auto | vae | tiny | vaelight | taesd | taesdxl |
+taef2 | path.onnx),
 ``residency`` (auto | resident | staged), ``model_dir``, ``lora`` (+ ``lora_scale``),
 ``scheduler`` (auto | euler | lcm). Output ``image`` (H x W x 3 RGB).
 """
@@ -30,6 +31,7 @@ from edged.tasks.generation.pipeline import (
     run_encoder,
     run_text_encoder,
     scheduler_config,
+    settle_decoder,
 )
 from edged.tasks.generation.staged import Residency, embedding_cache
 from edged.tasks.generation.tokenizer import ClipTokenizer
@@ -204,9 +206,11 @@ def run(
     params = _params(model, request, typed)
     settings = engine.settings.generation
     strategy = typed.residency or settings.residency
-    residency = _residency(
-        engine, model, strategy, params.decoder, pixels=params.width * params.height
-    )
+    pixels = params.width * params.height
+    # decoder=auto is settled first: residency plans with the decoder that will run.
+    probe = Residency(engine, root, strategy="staged", pixels=pixels)
+    params, decoder_reason = settle_decoder(model, params, probe)
+    residency = _residency(engine, model, strategy, params.decoder, pixels=pixels)
     residency.lora = lora_choice(engine, root, typed.lora, typed.lora_scale)
     remote = settings.text_encoder
     embed: EmbedFn
@@ -253,6 +257,7 @@ def run(
         "lora": residency.lora.adapter.path.name if residency.lora else None,
         "lora_scale": residency.lora.scale if residency.lora else None,
         "decoder": params.decoder,
+        "decoder_choice": decoder_reason,
         "decoder_tile": decoder_tile,
         "text_encoder": "remote" if remote else "local",
         "embedding_cache_hit": cache.hits > hits,

@@ -12,17 +12,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from edged.errors import MemoryBudgetExceeded
 from edged.schema import format_bytes
 
 if TYPE_CHECKING:
+    from edged.engine import Engine
     from edged.graph.split import Manifest
     from edged.tasks.generation.pipeline import ModelDir
     from edged.tasks.generation.staged import Residency
 
-__all__ = ["Plan", "advise_bytes", "decoder_tile", "parts_for", "parts_for_process", "plan"]
+__all__ = [
+    "DecoderChoice",
+    "Plan",
+    "advise_bytes",
+    "choose_decoder",
+    "decoder_tile",
+    "parts_for",
+    "parts_for_process",
+    "plan",
+]
 
 PART_SKEW = 1.7
 """Largest part's weights / mean part's: cuts balance weights plus a per-node share
@@ -114,7 +124,7 @@ def choice(
 
 
 def decoder_tile(
-    residency: Residency, component: str, path: Path, room: int, asked: int | None
+    residency: Residency, component: str, path: Path, room: int, asked: int | None = None
 ) -> int:
     """The asked tile, else the largest of ``TILES`` whose decode fits ``room`` (16 at least)."""
     if asked is not None:
@@ -123,6 +133,50 @@ def decoder_tile(
         if residency.need(component, path, tile=tile) <= room:
             return tile
     return TILES[-1]
+
+
+def room_after_process(budget: int) -> int:
+    """What a stage may use: the budget less the process's own bytes (all of a small one)."""
+    return budget - PROCESS_BYTES if budget > 2 * PROCESS_BYTES else budget
+
+
+@dataclass(frozen=True)
+class DecoderChoice:
+    name: str
+    """A decoder name ``decoders.resolve`` takes: ``vae``, ``tiny``, ``taesd``, ..."""
+    reason: str
+
+
+def choose_decoder(residency: Residency, model: ModelDir, engine: Engine | None) -> DecoderChoice:
+    """``decoder=auto``: the dir's VAE when it fits whole in what the process leaves of the
+    budget, else a tiny decoder of the model's latent space (the dir's ``vae_decoder_tiny``,
+    then the shared ones), else the VAE in tiles (``plan`` sizes them from the same room)."""
+    from edged.tasks.generation import decoders
+
+    vae = model.root / "vae_decoder" / "model.onnx"
+    budget = residency.budget
+    if budget is None:
+        return DecoderChoice("vae", "no memory budget: the model's own VAE")
+    room = room_after_process(budget)
+    if vae.is_file():
+        need = residency.need("decoder:vae", vae, tile=0)
+        if need <= room:
+            return DecoderChoice(
+                "vae", f"the VAE whole needs {format_bytes(need)}, {format_bytes(room)} is left"
+            )
+        why = f"the VAE whole needs {format_bytes(need)} but {format_bytes(room)} is left"
+    else:
+        why = "the dir has no vae_decoder"
+    space: Literal["sd", "sdxl"] = "sdxl" if model.sdxl else "sd"
+    found, passed = decoders.tiny_decoders(engine, model.root, space)
+    for name, path in found:
+        component = f"decoder:{name}"
+        need = residency.need(component, path, tile=decoder_tile(residency, component, path, room))
+        if need <= room:
+            return DecoderChoice(name, f"{why}: tiny decoder {name} ({space.upper()} latents)")
+        passed.append(f"{name}: needs {format_bytes(need)} even in tiles")
+    tried = "; ".join(passed)
+    return DecoderChoice("vae", f"{why} and no tiny decoder fits ({tried}): the VAE in tiles")
 
 
 def plan(
@@ -144,7 +198,7 @@ def plan(
         encoder_parts = max(encoder_parts, len(parted.parts) if parted is not None else 0)
     manifest, needs["unet"] = choice(residency, "unet", model.component("unet"), budget)
     component, path = decoder
-    room = budget - PROCESS_BYTES if budget > 2 * PROCESS_BYTES else budget
+    room = room_after_process(budget)
     tile = decoder_tile(residency, component, path, room, asked_tile)
     if asked_tile is None and residency.strategy == "resident" and tile != 0:
         tile = 0 if residency.need(component, path, tile=0) <= budget else tile

@@ -9,6 +9,10 @@ latents map to its input, so a wrong pairing is refused instead of decoding nois
 - ``taesd``    TAESD (4 ch): takes UNet-space latents directly, image in 0..1.
 - ``taesdxl``  TAESDXL: the same for SDXL-class latents (file ``taesdxl_decoder.onnx``).
 - ``taef2``    TAEF2 (32 ch, FLUX.2 latents): only for latents of its own family.
+- ``tiny``     the model dir's own ``vae_decoder_tiny/model.onnx``: TAESD for SD latents,
+               TAESDXL for SDXL's, unless its ``config.json`` names a family
+               (``{"edged_decoder": "vaelight"}``).
+- ``auto``     (the default) chosen per request from the budget: ``edged.tasks.generation.budget``.
 
 Channels are not enough: SD 1.x/2.x and SDXL latents both have 4, but a decoder trained on
 one draws wrong colours from the other, so each family also names its latent space.
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from edged.errors import BadRequest, ModelNotFound
+from edged.errors import BadRequest, LicenceNotAllowed, ModelNotFound
 from edged.models.catalog import check_licence
 from edged.runtime.base import Session
 
@@ -65,6 +69,15 @@ ALIASES = {
 }
 
 
+TINY_DIR = "vae_decoder_tiny"
+TINY_BY_SPACE: dict[str, tuple[str, ...]] = {
+    "sd": ("tiny", "taesd", "vaelight"),
+    "sdxl": ("tiny", "taesdxl"),
+}
+"""Tiny decoders ``auto`` may use for a model's latents, in order of preference: the dir's
+own, then shared ones (TAESD-class before the VAElight approximation)."""
+
+
 def family_named(name: str) -> DecoderFamily:
     key = ALIASES.get(name, name)
     if key not in FAMILIES:
@@ -99,6 +112,11 @@ def resolve(engine: Engine | None, name: str, model_root: Path) -> tuple[Path, D
         if not path.is_file():
             raise ModelNotFound(f"{model_root}: no vae_decoder/model.onnx; pass decoder=vaelight")
         return path, FAMILIES["vae"]
+    if name == "tiny":
+        path = model_root / TINY_DIR / "model.onnx"
+        if not path.is_file():
+            raise ModelNotFound(f"{model_root}: no {TINY_DIR}/model.onnx; pass decoder=vae")
+        return path, _tiny_family(model_root)
     if name.endswith(".onnx"):
         path = Path(name)
         stem = path.stem
@@ -106,6 +124,33 @@ def resolve(engine: Engine | None, name: str, model_root: Path) -> tuple[Path, D
     family = family_named(name)
     stem = name if name in ALIASES else f"{family.name}_decoder"
     return _locate(engine, stem), family
+
+
+def _tiny_family(model_root: Path) -> DecoderFamily:
+    import json
+
+    from edged.tasks.generation.sdxl import is_sdxl
+
+    config = model_root / TINY_DIR / "config.json"
+    named = json.loads(config.read_text("utf-8")).get("edged_decoder") if config.is_file() else None
+    return family_named(str(named) if named else "taesdxl" if is_sdxl(model_root) else "taesd")
+
+
+def tiny_decoders(
+    engine: Engine | None, model_root: Path, space: Literal["sd", "sdxl"]
+) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The tiny decoders of ``space``'s latents that are present and allowed, in order of
+    preference; and the others with why each was passed over."""
+    found: list[tuple[str, Path]] = []
+    passed: list[str] = []
+    for name in TINY_BY_SPACE[space]:
+        try:
+            found.append((name, resolve(engine, name, model_root)[0]))
+        except ModelNotFound:
+            passed.append(f"{name}: not found")
+        except LicenceNotAllowed:
+            passed.append(f"{name}: licence not allowed")
+    return found, passed
 
 
 def _existing(path: Path) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.errors import BadRequest, Cancelled, ModelNotFound
+from edged.log import get_logger
 from edged.runtime.base import Session
 from edged.tasks.base import ProgressFn
 from edged.tasks.generation import decoders, sdxl
@@ -30,6 +31,7 @@ from edged.tasks.generation.schedulers import (
 )
 from edged.tasks.generation.staged import EmbeddingCache, Residency
 
+log = get_logger("generation")
 F32 = npt.NDArray[np.float32]
 EmbedFn = Callable[[str], F32]
 """prompt -> [1, 77, D] embeddings (local text encoder or a remote edged)."""
@@ -96,7 +98,9 @@ class GenParams:
     seed: int = 0
     width: int = 512
     height: int = 512
-    decoder: str = "vae"
+    decoder: str = "auto"
+    """``auto`` (the VAE if it fits, else a tiny decoder, else VAE tiles: ``budget``), ``vae``,
+    ``tiny`` (the dir's ``vae_decoder_tiny``), a shared tiny decoder's name, or a .onnx path."""
     decoder_tile: int | None = None
     """Latent tile size for decoding (0 = whole image; None = 32 when staged, else 0)."""
     scheduler: str = "auto"
@@ -221,6 +225,20 @@ def run_text_encoder(session: Session, ids: npt.NDArray[np.int64]) -> F32:
     return np.asarray(hidden, dtype=np.float32)
 
 
+def settle_decoder(
+    model: ModelDir, params: GenParams, residency: Residency
+) -> tuple[GenParams, str]:
+    """``params`` with ``decoder=auto`` replaced by the budget's choice, and why (one log
+    line); an explicit decoder is kept as asked."""
+    if params.decoder != "auto":
+        return params, "asked"
+    from edged.tasks.generation.budget import choose_decoder
+
+    chosen = choose_decoder(residency, model, residency.engine)
+    log.info("generation_decoder", decoder=chosen.name, reason=chosen.reason)
+    return replace(params, decoder=chosen.name), chosen.reason
+
+
 def generate(
     model: ModelDir,
     params: GenParams,
@@ -241,6 +259,7 @@ def generate(
     from edged.tasks.generation.budget import plan as make_plan
 
     clock = timings if timings is not None else {}
+    params, _ = settle_decoder(model, params, residency)
     decoder_path, family = decoders.resolve(residency.engine, params.decoder, model.root)
     # A decoder of other latents is refused now, not after the UNet steps.
     decoders.check_space(family, "sdxl" if model.sdxl else "sd")
