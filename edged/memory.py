@@ -127,10 +127,12 @@ def malloc_trim() -> bool:
     return bool(fn(0)) if fn is not None else False
 
 
-def release_memory() -> int:
-    """gc + malloc_trim after unloading a model; returns the RSS drop in bytes (may be 0)."""
+def release_memory(*, collect: bool = True) -> int:
+    """gc (unless ``collect=False``) + malloc_trim after unloading a model; returns the RSS
+    drop in bytes (may be 0)."""
     before = rss_bytes()
-    gc.collect()
+    if collect:
+        gc.collect()
     malloc_trim()
     return max(0, before - rss_bytes())
 
