@@ -20,6 +20,7 @@ import pytest
 from edged.config import load_settings
 from edged.engine import Engine
 from edged.graph.split import read_parts, split_model
+from edged.pool.model_pool import ModelPool
 from edged.tasks.base import TaskRequest
 from edged.tasks.generation.budget import PROCESS_BYTES, parts_for_process
 from edged.tasks.generation.progress import ProgressLine
@@ -101,14 +102,15 @@ def test_staged_evictions_run_no_full_gc(parted: Path) -> None:
     try:
         result = engine.run(request)
         during = list(collections)
-        with engine.pool.acquire("other", object, estimate_bytes=1000):
+        pool: ModelPool[object] = ModelPool(10_000_000)
+        with pool.acquire("other", object, estimate_bytes=1000):
             pass
-        engine.pool.evict("other")
+        pool.evict("other")
     finally:
         gc.callbacks.remove(seen)
         gc.enable()
         engine.close()
-    assert result.meta["unet_parts"] == 2  # type: ignore[attr-defined]
+    assert result.meta["unet_parts"] == 2
     assert engine.pool.stats()["evictions"] >= 5  # both encoder parts, both UNet parts, decoder
     assert during == []
     assert collections == [2]  # a plain evict still runs its full collection
