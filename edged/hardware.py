@@ -12,6 +12,7 @@ import functools
 import os
 import platform
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -153,16 +154,55 @@ def _cpuinfo(root: Path) -> list[dict[str, str]]:
     return [b for b in blocks if b]
 
 
-def _arch(root: Path, blocks: list[dict[str, str]]) -> str:
-    declared = (_read(root, "/proc/sys/kernel/arch") or "").strip()
-    if declared:
-        return declared
-    first = blocks[0] if blocks else {}
+def userland_arch() -> str:
+    """The architecture of this process's userland, not the kernel's: ``uname -m`` names the
+    kernel (``aarch64`` under a 32-bit Raspberry Pi OS on a 64-bit kernel) unless the pointer
+    size says the process is 32-bit. Under qemu-user ``uname`` is emulated and names the guest,
+    while ``/proc/sys/kernel/arch`` still names the host kernel (x86_64)."""
+    machine = platform.machine() or "unknown"
+    if struct.calcsize("P") == 4:
+        return {"aarch64": "armv7l", "arm64": "armv7l", "x86_64": "i686", "amd64": "i686"}.get(
+            machine.lower(), machine
+        )
+    return machine
+
+
+def _cpuinfo_arch(first: dict[str, str]) -> str | None:
+    """What cpuinfo says: x86 ``flags`` (``lm`` = 64-bit) or ARM ``Features``; an arm64
+    kernel shows a 32-bit reader compat hwcaps (``thumb``, ``vfp``) with architecture 8."""
     if "flags" in first:
         return "x86_64" if " lm " in f" {first['flags']} " else "i686"
     if "features" in first:
-        return "aarch64" if first.get("cpu architecture", "") == "8" else "armv7l"
-    return platform.machine() if root == Path("/") else "unknown"
+        features = set(first["features"].split())
+        compat = bool(features & {"thumb", "vfp", "half", "vfpv3", "vfpv4"})
+        return "aarch64" if first.get("cpu architecture", "") == "8" and not compat else "armv7l"
+    return None
+
+
+def _arch_class(arch: str) -> str:
+    """Coarse family + width, so armv6l/armv7l or i586/i686 do not count as contradictions."""
+    if arch in ("aarch64", "arm64"):
+        return "arm64"
+    if arch.startswith("arm"):
+        return "arm32"
+    if arch in ("x86_64", "amd64"):
+        return "x86_64"
+    if re.fullmatch(r"i[3-6]86", arch):
+        return "x86_32"
+    return arch
+
+
+def _arch(root: Path, blocks: list[dict[str, str]]) -> str:
+    # The live root: the userland that will load the wheels and run the kernels is this
+    # process's (kernel/arch names the host kernel under qemu-user, and a 64-bit kernel under
+    # a 32-bit userland).
+    if root.resolve() == Path("/"):
+        return userland_arch()
+    declared = (_read(root, "/proc/sys/kernel/arch") or "").strip()
+    derived = _cpuinfo_arch(blocks[0] if blocks else {})
+    if declared and (derived is None or _arch_class(derived) == _arch_class(declared)):
+        return declared
+    return derived or "unknown"
 
 
 def _cpu(root: Path) -> tuple[str, str, int, list[str]]:
@@ -177,10 +217,9 @@ def _cpu(root: Path) -> tuple[str, str, int, list[str]]:
         isa = sorted({_ISA_ARM[f] for f in flags if f in _ISA_ARM})
         if arch == "aarch64" and "asimd" in isa and "neon" not in isa:
             isa.insert(0, "neon")  # every AArch64 core has Advanced SIMD (NEON)
-    trailer = blocks[-1] if blocks else {}
+    # Not the trailer's ``Model`` line on a Raspberry Pi: that names the board (_device_tree).
     model = (
         first.get("model name")
-        or trailer.get("model")
         or _ARM_PARTS.get(first.get("cpu part", ""), first.get("cpu part", ""))
         or "unknown"
     )
@@ -264,14 +303,30 @@ def cgroup_memory_max(root: Path) -> int | None:
     return cgroup.max if cgroup is not None else None
 
 
+# /proc/device-tree is a link the kernel makes to this; a chroot, container or qemu-user root
+# may have /sys without it (and no device tree at all on x86 hosts).
+_DT_DIRS = ("/proc/device-tree", "/sys/firmware/devicetree/base")
+
+
+def _device_tree(root: Path) -> tuple[str | None, list[str]]:
+    """Board model and compatible strings: the device tree where there is one, else the
+    ``Model`` line Raspberry Pi kernels add to /proc/cpuinfo (no compatible strings there)."""
+    for directory in _DT_DIRS:
+        model = (_read(root, f"{directory}/model") or "").strip("\0\n ")
+        compat = _read(root, f"{directory}/compatible") or ""
+        compatible = [c for c in compat.split("\0") if c.strip()]
+        if model or compatible:
+            return model or None, compatible
+    # Only the trailer after the processor blocks: x86 blocks carry a numeric ``model`` each.
+    trailer = next((b for b in _cpuinfo(root)[-1:] if "processor" not in b), {})
+    return trailer.get("model") or None, []
+
+
 def probe(root: str | Path = "/") -> Hardware:
     """Describe the board under ``root`` (``/`` for this machine, a fake tree in tests)."""
     base = Path(root)
     arch, cpu_model, cores, isa = _cpu(base)
-    board = (_read(base, "/proc/device-tree/model") or "").strip("\0\n ") or None
-    compatible = [
-        c for c in (_read(base, "/proc/device-tree/compatible") or "").split("\0") if c.strip()
-    ]
+    board, compatible = _device_tree(base)
     soc = {
         k: v.strip()
         for k in ("machine", "family", "soc_id")

@@ -184,7 +184,7 @@ def test_engine_acquire_goes_through_the_loader(settings: Settings) -> None:
                 24,
             )
         # The cache dir of the settings received the compiled blob.
-        assert list((settings.cache_dir / "openvino").glob("*.blob"))
+        assert list((settings.cache_dir / "openvino").glob("*/*.blob"))
     finally:
         engine.close()
 

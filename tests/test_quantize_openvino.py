@@ -27,6 +27,23 @@ pytest.importorskip("nncf", reason="NNCF missing: pip install 'edged[quantize]'"
 MODEL = "deeplabv3_mnv2_257"
 
 
+def _int8_ir_unsupported() -> bool:
+    from edged.hardware import probe
+
+    hw = probe("/")
+    return hw.arch == "aarch64" and "dotprod" not in hw.isa
+
+
+# Measured under qemu-user -cpu cortex-a72 (OpenVINO 2026.4.1 aarch64 wheel): compile_model of
+# the NNCF int8 IR fails for every precision/performance hint, the same IR loads on cortex-a76.
+# No profile sends a Cortex-A72 board to openvino:cpu (raspberry-pi-4 is LiteRT/onnxruntime).
+needs_dotprod = pytest.mark.skipif(
+    _int8_ir_unsupported(),
+    reason="OpenVINO's ARM CPU plugin cannot compile the NNCF int8 IR on a core without "
+    "dot-product (asimddp; Cortex-A72, Raspberry Pi 4): 'object is not initialized'",
+)
+
+
 @pytest.fixture
 def with_shared(shared_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Variants go to a writable model dir first on the path; the shared files come after."""
@@ -41,6 +58,8 @@ def _quantize(portraits: Path, *extra: str) -> int:
     return main([*argv, *extra])
 
 
+@pytest.mark.arm64
+@needs_dotprod
 def test_deeplab_int8_ir_is_gated_registered_and_loaded(
     with_shared: Path, shared_images: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -86,6 +105,7 @@ def test_deeplab_int8_ir_is_gated_registered_and_loaded(
     assert iou(a, b) >= 0.5
 
 
+@needs_dotprod
 def test_a_refused_ir_leaves_nothing_behind(
     with_shared: Path, shared_images: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -113,6 +133,7 @@ def test_openvino_format_errors_name_the_fix(
     assert not list(with_shared.iterdir())
 
 
+@needs_dotprod
 def test_bench_reports_int8_latency_and_iou_for_a_tflite_only_model(
     with_shared: Path, shared_images: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -77,30 +77,37 @@ def test_openvino_compiles_once_into_cache_dir(tmp_path: Path, shared_models: Pa
     config = config_for("openvino:cpu", threads=1, precision="fp32")
     first = open_session(config, shared_models / "espcn_x2.onnx", cache_dir=cache_dir)
     assert first.cache == "miss"  # type: ignore[attr-defined]
-    blobs = sorted((cache_dir / "openvino").glob("*.blob"))
+    blobs = sorted((cache_dir / "openvino" / "f32").glob("*.blob"))
     assert len(blobs) == 1
     stamp = blobs[0].stat().st_mtime_ns
     session = open_session(config, shared_models / "espcn_x2.onnx", cache_dir=cache_dir)
     # Imported, not recompiled: no new blob and the old one untouched.
-    assert sorted((cache_dir / "openvino").glob("*.blob")) == blobs
+    assert sorted((cache_dir / "openvino" / "f32").glob("*.blob")) == blobs
     assert blobs[0].stat().st_mtime_ns == stamp
     assert session.cache == "hit"  # type: ignore[attr-defined]
     out = session.run({"IteratorGetNext:0": np.zeros((1, 8, 8, 1), np.float32)})
     assert out["NCHW_output:0"].shape == (1, 1, 16, 16)
 
 
+@pytest.mark.arm64
 def test_openvino_cache_hit_still_honours_fp32(tmp_path: Path, shared_models: Path) -> None:
-    """The CPU blob is precision-independent: a cache filled by a default-precision (bf16 on
-    CPUs that have it) load must not make a later fp32 load inexact."""
+    """A cache filled by a default-precision load (bf16 on x86 CPUs that have it, f16 on ARM
+    cores with fp16 arithmetic, e.g. Cortex-A76) must not make a later fp32 load inexact: the
+    ARM plugin bakes the precision into the blob, so each precision has its own blob."""
     model = shared_models / "espcn_x2.onnx"
     cache_dir = tmp_path / "cache"
     x = np.random.default_rng(2).random((1, 24, 20, 1), dtype=np.float32)
     reference = open_session(config_for("onnx:cpu"), model).run({"IteratorGetNext:0": x})
     open_session(config_for("openvino:cpu"), model, cache_dir=cache_dir)
-    exact = open_session(config_for("openvino:cpu", precision="fp32"), model, cache_dir=cache_dir)
-    assert len(list((cache_dir / "openvino").glob("*.blob"))) == 1
-    got = exact.run({"IteratorGetNext:0": x})["NCHW_output:0"]
-    np.testing.assert_allclose(got, reference["NCHW_output:0"], atol=1e-4)
+    for expected_cache in ("miss", "hit"):  # the fp32 blob, then an import of it
+        exact = open_session(
+            config_for("openvino:cpu", precision="fp32"), model, cache_dir=cache_dir
+        )
+        assert exact.cache == expected_cache  # type: ignore[attr-defined]
+        got = exact.run({"IteratorGetNext:0": x})["NCHW_output:0"]
+        np.testing.assert_allclose(got, reference["NCHW_output:0"], atol=1e-4)
+    blobs = sorted(p.parent.name for p in (cache_dir / "openvino").glob("*/*.blob"))
+    assert blobs == ["default", "f32"]
 
 
 def test_qnn_plan_writes_then_reuses_a_context_model(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ Caches under ``cache_dir`` (what makes the second load of a model cheaper):
 
 from __future__ import annotations
 
-import platform
 import shutil
 from dataclasses import dataclass
 from functools import cache
@@ -136,7 +135,10 @@ def _specs(args: list[Any]) -> tuple[TensorSpec, ...]:
 
 @cache
 def _cpu_signature() -> str:
-    """What makes an ORT_ENABLE_ALL graph non-portable: the arch and its vector extensions."""
+    """What makes an ORT_ENABLE_ALL graph non-portable: the userland's arch (the one whose
+    kernels run: not the host kernel's under qemu-user) and its vector extensions."""
+    from edged.hardware import userland_arch
+
     flags = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -145,7 +147,7 @@ def _cpu_signature() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.machine()}|{flags}"
+    return f"{userland_arch()}|{flags}"
 
 
 def require_provider(ort: Any, provider: str) -> None:

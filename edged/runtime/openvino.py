@@ -10,10 +10,12 @@ Dynamic shapes: the model is compiled with the dims it declares, so ``-1``/``?``
 dynamic and one compiled model serves every input size. NPU needs static shapes: give it
 static models.
 
-Cache: ``CACHE_DIR`` under ``cache_dir/openvino``; the plugin stores the compiled blob keyed
-by the model and imports it on the next load instead of compiling. On CPU the blob does not
-depend on the precision hint (the hint is applied on import), so one blob serves fp32 and
-bf16 loads alike.
+Cache: ``CACHE_DIR`` is ``cache_dir/openvino/<precision hint or default>``; the plugin stores
+the compiled blob keyed by the model and imports it on the next load instead of compiling.
+The precision is part of the directory because the plugin's own key leaves it out: on x86 the
+hint is applied on import, but the ARM CPU plugin bakes the precision into the blob (on cores
+with fp16 arithmetic, Cortex-A76 = Raspberry Pi 5, the default is f16), so an fp32 load that
+imported a default-precision blob ran in f16 (outputs off by ~3e-3, measured under emulation).
 """
 
 from __future__ import annotations
@@ -88,9 +90,11 @@ def compile_properties(config: OpenVINOConfig, cache_dir: Path | None) -> dict[s
         props["INFERENCE_PRECISION_HINT"] = hint
     if config.threads and config.device == "CPU":
         props["INFERENCE_NUM_THREADS"] = str(config.threads)
-    if cache_dir is not None:
-        props["CACHE_DIR"] = str(cache_dir / "openvino")
-    return {**props, **config.properties}
+    merged = {**props, **config.properties}
+    if cache_dir is not None and "CACHE_DIR" not in config.properties:
+        precision = merged.get("INFERENCE_PRECISION_HINT", "default")
+        merged["CACHE_DIR"] = str(cache_dir / "openvino" / precision)
+    return merged
 
 
 def _blobs(props: dict[str, str]) -> set[str] | None:

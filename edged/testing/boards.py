@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 _X86_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c lm"
 _BOARDS: dict[str, dict[str, Any]] = {
@@ -78,26 +78,45 @@ def _cpuinfo_text(family: str, ident: str, cores: int, flags: str) -> str:
     return "\n".join(blocks) + "\n"
 
 
+_DEVICE_TREE_DIRS = {"proc": "proc/device-tree", "sys": "sys/firmware/devicetree/base"}
+DeviceTree = Literal["proc", "sys", "cpuinfo"]
+
+
 def make_board(
-    root: Path, kind: str, *, cgroup_max: int | str | None = None, mem_total_kb: int = 4_000_000
+    root: Path,
+    kind: str,
+    *,
+    cgroup_max: int | str | None = None,
+    mem_total_kb: int = 4_000_000,
+    device_tree: DeviceTree = "proc",
+    kernel_arch: str | None = None,
 ) -> Path:
     """Write a fake /proc, /sys and /dev tree for a known board kind under ``root``.
 
     ``cgroup_max`` writes a cgroup v2 ``memory.max`` for the process's cgroup (as under
     systemd's ``MemoryMax=``). Device nodes are plain files: the probe only looks at names.
+    ``device_tree`` says where the board's model shows: ``/proc/device-tree`` (a board),
+    ``/sys/firmware/devicetree/base`` only (a chroot or container without the /proc link), or
+    only the ``Model`` line a Raspberry Pi kernel appends to /proc/cpuinfo. ``kernel_arch``
+    writes /proc/sys/kernel/arch (the host's ``x86_64`` in a qemu-user root).
     """
     spec = _BOARDS[kind]
     family, ident, cores, flags = spec["cpu"]
+    cpuinfo = _cpuinfo_text(family, ident, cores, flags)
+    if device_tree == "cpuinfo" and "model" in spec:
+        cpuinfo += f"Hardware\t: BCM2835\nRevision\t: c03114\nModel\t\t: {spec['model']}\n"
     files: dict[str, str] = {
-        "proc/cpuinfo": _cpuinfo_text(family, ident, cores, flags),
+        "proc/cpuinfo": cpuinfo,
         "proc/meminfo": f"MemTotal:       {mem_total_kb} kB\nMemFree:        1000 kB\n",
     }
-    if "arch" in spec:
-        files["proc/sys/kernel/arch"] = spec["arch"] + "\n"
-    if "model" in spec:
-        files["proc/device-tree/model"] = spec["model"] + "\0"
-    if "compatible" in spec:
-        files["proc/device-tree/compatible"] = "\0".join(spec["compatible"]) + "\0"
+    arch = kernel_arch or spec.get("arch")
+    if arch:
+        files["proc/sys/kernel/arch"] = arch + "\n"
+    dt_dir = _DEVICE_TREE_DIRS.get(device_tree)
+    if dt_dir and "model" in spec:
+        files[f"{dt_dir}/model"] = spec["model"] + "\0"
+    if dt_dir and "compatible" in spec:
+        files[f"{dt_dir}/compatible"] = "\0".join(spec["compatible"]) + "\0"
     for key, value in spec.get("soc", {}).items():
         files[f"sys/devices/soc0/{key}"] = value + "\n"
     for name, label, index in spec.get("video", []):
