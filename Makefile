@@ -12,7 +12,7 @@ DESTDIR    ?=
 UNITDIR    ?= /etc/systemd/system
 SYSCONFDIR ?= /etc
 
-.PHONY: demo test test-no-shared lint typecheck install install-dev install-service clean
+.PHONY: demo test test-no-shared test-arm64 lint typecheck install install-dev install-service clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ test: $(VENV)/.installed-dev
 # each) and no pytest cache. .ci/run runs it after `make test` so that case cannot regress.
 test-no-shared: $(VENV)/.installed-dev
 	EDGED_SHARED_DIR=/nonexistent/shared $(BIN)/pytest -p no:cacheprovider tests
+
+# arm64 (aarch64) under qemu-user: a cached Debian arm64 root, the main path on Cortex-A72 and
+# -A76 with the equality figures against this machine, the tests marked arm64 (docs/arm64.md).
+# Needs root (or sudo) for debootstrap/chroot; the root is cached in /var/cache/edged-arm64.
+test-arm64: $(VENV)/.installed-dev
+	EDGED_SHARED_DIR=$(SHARED) VENV=$(VENV) .ci/arm64/job.sh
 
 # No venv prerequisite: on a board edged lives in its own venv (EDGED_BIN), not in .venv.
 install-service:

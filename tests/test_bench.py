@@ -14,6 +14,7 @@ from edged.bench import common, headline, stream, venvs
 from edged.bench.all import BEGIN, DOCS_PAGE, END, markdown, update_docs, write_results
 from edged.cli import main
 from edged.errors import BackendUnavailable, ConfigError
+from edged.testing.paths import source_checkout
 
 SELFIE_CASE = "segmentation/selfie_segmentation@litert:xnnpack:64x36"
 
@@ -86,6 +87,11 @@ def test_baseline_script_runner_reads_the_last_json_line(tmp_path: Path) -> None
         venvs.run_json(Path(sys.executable), bad, [], timeout=60)
 
 
+@pytest.mark.arm64
+@pytest.mark.skipif(
+    source_checkout() is None,
+    reason="edged is installed from a wheel: benchmarks/ ships with the source checkout only",
+)
 def test_baseline_scripts_ship_with_the_checkout() -> None:
     for name in ("mediapipe_baseline.py", "opencv_dnn_sr.py"):
         assert venvs.script(name).is_file()

@@ -101,6 +101,7 @@ def test_tokenizer_is_clip_bpe(sd_dir: Path) -> None:
     assert long[-1] == vocab["<|endoftext|>"]
 
 
+@pytest.mark.arm64
 def test_same_seed_same_image_other_seed_differs(engine: Engine, sd_dir: Path) -> None:
     a = generate(engine, sd_dir, seed=7)
     b = generate(engine, sd_dir, seed=7)

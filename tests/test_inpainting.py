@@ -144,6 +144,7 @@ def test_windows_of_separate_and_close_holes() -> None:
     assert tall.box[2] - tall.box[0] == tall.box[3] - tall.box[1] == 800  # 400 x (1 + 2*0.5)
 
 
+@pytest.mark.arm64
 def test_opencv_fallback_on_real_pairs(shared_images: Path) -> None:
     folder = shared_images / "inpaint" / "places2_512_object"
     engine = Engine(Settings())

@@ -83,6 +83,7 @@ def espcn_reference(shared_models: Path) -> tuple[list[np.ndarray], list[np.ndar
     return feeds, outs
 
 
+@pytest.mark.arm64
 @pytest.mark.parametrize(("backend", "file"), ESPCN_CASES)
 def test_espcn_matches_onnxruntime(
     backend: str,
@@ -105,6 +106,7 @@ def _astronaut(shared_images: Path, size: tuple[int, int]) -> np.ndarray:
     return (rgb.astype(np.float32) / 255.0)[None]
 
 
+@pytest.mark.arm64
 def test_selfie_runs_on_litert_xnnpack(shared_models: Path, shared_images: Path) -> None:
     session = open_session(
         config_for("litert:xnnpack"), shared_models / "selfie_segmentation.tflite"

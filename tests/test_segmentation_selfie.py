@@ -82,6 +82,7 @@ def _run(engine: Engine, image: np.ndarray[Any, Any], **params: Any) -> Any:
     return engine.run(TaskRequest(task="segmentation", image=image, params=params))
 
 
+@pytest.mark.arm64
 def test_cutout_is_rgba_with_the_mask_as_alpha(engine: Engine, portrait: Any) -> None:
     result = _run(engine, portrait, output="cutout")
     cut = result.outputs["cutout"]

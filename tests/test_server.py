@@ -85,6 +85,7 @@ def _header(frames: list[bytes]) -> dict[str, Any]:
     return header
 
 
+@pytest.mark.arm64
 def test_req_client_gets_the_model_output(
     serve: Callable[..., RequestServer], scale_model: Path
 ) -> None:

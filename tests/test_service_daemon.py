@@ -39,6 +39,7 @@ def daemon_dir(tmp_path: Path) -> Iterator[Path]:
     return work
 
 
+@pytest.mark.arm64
 def test_daemon_lifecycle_requests_reload_and_sigterm(
     daemon_dir: Path, shared_models: Path, shared_images: Path
 ) -> None:

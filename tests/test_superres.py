@@ -178,6 +178,7 @@ def test_bad_requests(tmp_path: Path) -> None:
     engine.close()
 
 
+@pytest.mark.arm64
 def test_edged_infer_cli_reproduces_espcn_x2(
     shared_models: Path, shared_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -65,7 +65,7 @@ class NotifyRecorder:
         self, key: str, value: str | None = None, *, n: int = 1, timeout: float = 30
     ) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self.count(key, value) >= n, timeout)
+            return self._cond.wait_for(lambda: self.count(key, value) >= n, timeout * slowdown())
 
     def close(self) -> None:
         self._closed = True
@@ -124,7 +124,7 @@ class Daemon:
         log.close()
         if not wait_ready:
             return self
-        deadline = time.monotonic() + wait_ready
+        deadline = time.monotonic() + wait_ready * slowdown()
         while not self.notify.wait_for("READY", "1", timeout=0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 code = self.stop()
@@ -141,7 +141,7 @@ class Daemon:
 
     def wait(self, timeout: float = 30) -> int:
         assert self.proc is not None
-        return self.proc.wait(timeout)
+        return self.proc.wait(timeout * slowdown())
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it does not go; returns the exit code."""
@@ -412,9 +412,20 @@ class MjpegServer:
 # ---------------------------------------------------------------- media and waiting
 
 
+def slowdown() -> float:
+    """``EDGED_TEST_SLOWDOWN`` (default 1): how much slower than a native x86 machine this one
+    runs; every wait bound here is multiplied by it (the arm64 job under qemu-user sets 10).
+    Bounds only: a passing wait still returns as soon as its event happens."""
+    try:
+        return max(1.0, float(os.environ.get("EDGED_TEST_SLOWDOWN", "1")))
+    except ValueError:
+        return 1.0
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until truthy or ``timeout`` s pass (a bound, not a measurement)."""
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until truthy or ``timeout`` s (times ``slowdown()``) pass: a bound,
+    not a measurement."""
+    deadline = time.monotonic() + timeout * slowdown()
     while time.monotonic() < deadline:
         if predicate():
             return True
