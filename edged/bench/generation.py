@@ -42,6 +42,9 @@ def register(suites: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
     p.add_argument("--size", type=int, default=512, help="image width = height")
     p.add_argument(
+        "--scheduler", default="auto", choices=["auto", "euler", "lcm"], help="sampler (dir's)"
+    )
+    p.add_argument(
         "--decoder", default="auto", help="auto | vae | tiny | vaelight | taesd | path.onnx"
     )
     p.add_argument("--model-dirs", default=None, help="extra model dir for named decoders")
@@ -89,6 +92,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     engine = Engine(load_settings(overrides=overrides), pool=pool)
     params: dict[str, Any] = {"width": args.size, "height": args.size, "residency": args.residency}
     params["decoder"] = args.decoder
+    params["scheduler"] = args.scheduler
     if args.steps:
         params["steps"] = args.steps
     reset_hwm()
@@ -116,6 +120,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         "text_encoder_parts": meta.get("text_encoder_parts", 0),
         "decoder_tile": meta.get("decoder_tile", 0),
         "steps": meta["steps"],
+        "scheduler": meta["scheduler"],
         "decoder": meta["decoder"],
         "decoder_choice": meta.get("decoder_choice", "asked"),
     }
@@ -188,7 +193,7 @@ def _spawn(
     argv = [sys.executable, "-m", "edged.bench.generation", "--child", "--json"]
     argv += ["--state-dir", state]
     argv += ["--model-dir", str(args.model_dir), "--budget", budget, "--residency", residency]
-    argv += ["--size", str(args.size), "--decoder", decoder]
+    argv += ["--size", str(args.size), "--decoder", decoder, "--scheduler", args.scheduler]
     if args.steps:
         argv += ["--steps", str(args.steps)]
     if args.model_dirs:

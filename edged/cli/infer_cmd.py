@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from edged import imaging
 from edged.cli.common import add_common, print_json, settings_from_args
 from edged.errors import BadRequest
 from edged.tasks.base import TaskRequest, TaskResult
@@ -96,17 +95,26 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""``edged.imaging.ENCODINGS``' names, checked before the job without importing OpenCV: a
+prompt-only generation loads cv2 (~30 MB) only to write its result, after its models."""
+
+
 def build_request(args: argparse.Namespace) -> TaskRequest:
     """Read and validate the files and prompts into a ``TaskRequest`` (BadRequest on misuse)."""
-    if args.output.suffix.lower() not in imaging.ENCODINGS:
+    if args.output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise BadRequest(f"--output {args.output}: use a .png or .jpg file name")
     image = None
     if args.input is not None:
+        from edged import imaging
+
         image = imaging.read_image(args.input, "--input")
     elif args.task != "generation":
         raise BadRequest(f"{args.task} needs --input IMAGE")
     mask = None
     if args.mask is not None:
+        from edged import imaging
+
         mask = imaging.read_mask(args.mask, "--mask")
         if image is not None:
             mask = imaging.check_mask(mask, image.shape, f"--mask {args.mask}")
@@ -151,6 +159,8 @@ def _handler(args: argparse.Namespace) -> int:
     out = primary_output(result)
     if out.dtype != np.uint8:
         out = np.clip(out, 0, 255).astype(np.uint8)
+    from edged import imaging
+
     imaging.write_image(args.output, out)
     latency = dict(result.latency_ms)
     latency.setdefault("total", round((time.perf_counter() - started) * 1e3, 3))
