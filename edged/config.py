@@ -124,6 +124,12 @@ class ZmqSettings(StrictModel):
         "over 1/8 of the memory budget (see edged.wire.receive).",
     )
     max_queue: int = Field(default=64, gt=0, description="Requests waiting before `busy`.")
+    receiver: Literal["process", "inline"] = Field(
+        default="process",
+        description="process: a memory-limited child process receives requests, so a "
+        "many-frame message costs the daemon nothing (docs/reliability.md); inline: the "
+        "daemon receives them itself (debugging).",
+    )
     hwm: int = Field(default=100, gt=0, description="Send/receive high-water mark per socket.")
     linger_ms: int = Field(default=200, ge=0, description="How long close() may flush.")
     stats_interval_s: float = Field(

@@ -1,7 +1,10 @@
 """SIGHUP with a changed request endpoint: rebind the running ROUTER, or say why not.
 
 The new endpoint is bound on the same ROUTER socket by the server thread (the only thread
-that may touch it), so nothing queued is lost. The old endpoint stays bound until no
+that may touch it), so nothing queued is lost. With a receiver process (the daemon's
+default, edged.daemon.receiver) that ROUTER is the receiver's: the server thread asks it to
+bind (``ReceiverLink.bind``) and its answer completes the move (``bound``); a receiver
+restarted later binds the endpoint bound last, with the settings it was bound with. The old endpoint stays bound until no
 request is in flight (``zmq_unbind`` closes the connections accepted on it, and with them
 the replies still owed) or for at most ``DRAIN_S``. When the new endpoint cannot be bound
 here (a CURVE change needs new socket options; the port is taken; the policy refuses it),
@@ -47,12 +50,18 @@ class Rebinder:
         self._pending: Settings | None = None
         self._result: str | None = None
         self._done = threading.Event()
-        self._draining: SecureBinding | None = None
+        self._draining: str | None = None
+        self._draining_binding: SecureBinding | None = None  # inline only
         self._drain_until = 0.0
         self.restart_needed: str | None = None
 
+    @property
+    def zmq_settings(self) -> ZmqSettings:
+        """The zmq settings the bound endpoint was bound with."""
+        return self._zmq
+
     def stats(self) -> dict[str, Any]:
-        draining = self._draining.endpoint if self._draining is not None else None
+        draining = self._draining
         return {
             "endpoint": self._server.endpoint,
             "configured_endpoint": self._configured,
@@ -95,18 +104,34 @@ class Rebinder:
         server, settings = self._server, self._pending
         assert settings is not None
         wanted = settings.requests_endpoint
+        link = server._link
+        if link is not None:
+            if not link.bind(settings):
+                self.bound(settings, None, "the receiver process is restarting")
+            return  # its answer calls bound()
         try:
             binding = SecureBinding(server._router, wanted, settings.zmq)
         except EdgedError as exc:
-            self._result = self._keep(wanted, str(exc).splitlines()[0])
+            self.bound(settings, None, str(exc).splitlines()[0])
+            return
+        old = server._binding
+        server._binding = binding
+        self.bound(settings, binding.endpoint, None)
+        self._draining_binding = old
+
+    def bound(self, settings: Settings, endpoint: str | None, error: str | None) -> None:
+        """The outcome of a move: bound at ``endpoint``, or not (``error``)."""
+        wanted = settings.requests_endpoint
+        if endpoint is None:
+            self._result = self._keep(wanted, error or "it could not be bound")
             self._done.set()
             return
         self._retire_draining()
-        old = server._binding
-        server._binding, server._endpoint = binding, binding.endpoint
+        old = self._server._endpoint
+        self._server._endpoint = endpoint
         self._zmq, self.restart_needed, self._result = settings.zmq, None, None
         self._draining, self._drain_until = old, time.monotonic() + DRAIN_S
-        log.info("request_endpoint_moved", endpoint=binding.endpoint, old=old.endpoint)
+        log.info("request_endpoint_moved", endpoint=endpoint, old=old)
         self._done.set()
 
     def poll_timeout_ms(self) -> int | None:
@@ -122,16 +147,26 @@ class Rebinder:
 
     def _retire_draining(self) -> None:
         old, self._draining = self._draining, None
+        binding, self._draining_binding = self._draining_binding, None
         if old is None:
             return
+        if self._server._link is not None:
+            self._server._link.unbind(old)
+            return
         try:
-            self._server._router.unbind(old.endpoint)
+            self._server._router.unbind(old)
         except Exception as exc:  # already gone: nothing to release but the binding state
-            log.warning("unbind_failed", endpoint=old.endpoint, error=str(exc))
-        old.close()
+            log.warning("unbind_failed", endpoint=old, error=str(exc))
+        if binding is not None:
+            binding.close()
+
+    def forget_draining(self) -> None:
+        """The receiver process died: its draining endpoint died with it."""
+        self._draining = None
 
     def close(self) -> None:
         """After the ROUTER is closed: release the old binding's ipc file and ZAP."""
-        old, self._draining = self._draining, None
-        if old is not None:
-            old.close()
+        self._draining = None
+        binding, self._draining_binding = self._draining_binding, None
+        if binding is not None:
+            binding.close()

@@ -11,22 +11,31 @@ Thread model (zmq sockets are not thread-safe):
   pushes it through the PAIR under a lock; only the server thread writes to the ROUTER.
 - every request gets exactly one reply: errors are replies, a handler exception is a reply,
   ``busy`` is a reply when ``zmq.max_queue`` requests are already in flight.
+
+``receiver="process"`` (the daemon's default, ``zmq.receiver``): the ROUTER is bound on an
+internal ipc socket instead, and a receiver process (edged.daemon.receiver, supervised by
+edged.daemon.receiver_link) binds the public endpoint, refuses what is over the receive
+limits there and forwards the rest. A forwarded message is ``[receiver, b"Q", client
+envelope, body]``; it is handled as ``[receiver, b"S", client envelope, body]`` so that its
+reply, like any, is its envelope + the reply frames and goes back through the receiver.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 
 from edged import __version__
 from edged.config import Settings
 from edged.daemon.rebind import Rebinder
+from edged.daemon.receiver_link import EventFn, ReceiverLink
 from edged.errors import Busy, EdgedError, TooLarge
 from edged.log import get_logger
 from edged.tasks.base import TaskResult
@@ -70,6 +79,8 @@ class RequestServer:
         models_fn: Callable[[], Any] | None = None,
         workers: int = 0,
         memory_budget: int | None = None,
+        receiver: Literal["inline", "process"] = "inline",
+        on_event: EventFn | None = None,
     ) -> None:
         self.settings = settings
         self.limits = settings.zmq
@@ -89,6 +100,20 @@ class RequestServer:
         self._held_bytes = 0
         self._counts: Counter[str] = Counter()
         self._rebinder = Rebinder(self)
+        self._binding: SecureBinding | None = None
+        self._link = ReceiverLink(self, on_event) if receiver == "process" else None
+        # Frames before the client's envelope: [receiver, b"S"] from a receiver process.
+        self._prefix = 0 if self._link is None else 2
+        limits = self.receive_limits
+        self._limits_in = (
+            limits
+            if self._link is None
+            else dataclasses.replace(
+                limits,
+                max_frames=limits.max_frames + 2,
+                max_message_bytes=limits.max_message_bytes + 64,
+            )
+        )
         self._pair_name = f"inproc://edged-replies-{next(_ids)}-{id(self)}"
 
     @property
@@ -103,20 +128,15 @@ class RequestServer:
         router = self._context.socket(zmq.ROUTER)
         # LINGER: on stop, give queued replies this long to leave, never block shutdown forever.
         router.linger = self.limits.linger_ms
-        # HWM: bound what one peer can queue in each direction; beyond it libzmq drops
-        # (ROUTER never blocks), so a flood costs bounded memory, not an unbounded queue.
-        router.rcvhwm = self.limits.hwm
-        router.sndhwm = self.limits.hwm
-        # Transport hard cap (per frame): above it libzmq drops the peer without buffering the
-        # rest. Between max_frame_bytes and the cap the peer gets a `too_large` reply.
-        router.maxmsgsize = self.receive_limits.transport_frame_bytes
         # ROUTER_MANDATORY stays off: a reply to a client that vanished is silently dropped.
         try:
-            self._binding = SecureBinding(router, self._endpoint, self.limits)
+            if self._link is not None:
+                self._link.prepare(router)
+            else:
+                self._bind_public(router)
         except BaseException:
             router.close(linger=0)
             raise
-        self._endpoint = self._binding.endpoint
         self._router = router
         self._pair_in = self._context.socket(zmq.PAIR)
         # The reply pipe is unbounded on purpose: in-flight requests are already bounded by
@@ -131,8 +151,26 @@ class RequestServer:
             self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="edged-req")
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="edged-zmq-server", daemon=True)
-        self._thread.start()
-        log.info("request_server_started", endpoint=self._endpoint, curve=self._binding.curve)
+        if self._link is not None:
+            try:
+                self._link.start(self._endpoint, self.limits, self._thread)
+            except BaseException:
+                self.stop()
+                raise
+        else:
+            self._thread.start()
+        log.info("request_server_started", endpoint=self._endpoint, receiver=self._link is not None)
+
+    def _bind_public(self, router: zmq.Socket[Any]) -> None:
+        # HWM: bound what one peer can queue in each direction; beyond it libzmq drops
+        # (ROUTER never blocks), so a flood costs bounded memory, not an unbounded queue.
+        router.rcvhwm = self.limits.hwm
+        router.sndhwm = self.limits.hwm
+        # Transport hard cap (per frame): above it libzmq drops the peer without buffering the
+        # rest. Between max_frame_bytes and the cap the peer gets a `too_large` reply.
+        router.maxmsgsize = self.receive_limits.transport_frame_bytes
+        self._binding = SecureBinding(router, self._endpoint, self.limits)
+        self._endpoint = self._binding.endpoint
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread and close the sockets; later completions are dropped."""
@@ -147,7 +185,10 @@ class RequestServer:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._pair_out.close(linger=0)
-        self._binding.close()
+        if self._binding is not None:
+            self._binding.close()
+        if self._link is not None:
+            self._link.reap(self.limits.linger_ms / 1000 + 2.0)
         self._rebinder.close()
         log.info("request_server_stopped", **self.stats())
 
@@ -164,6 +205,7 @@ class RequestServer:
             "in_flight": self._in_flight,
             "held_bytes": self._held_bytes,
             "limits": self.receive_limits.as_dict(),
+            "receiver": {"mode": "inline"} if self._link is None else self._link.stats(),
             **self._rebinder.stats(),
             **dict(self._counts),
         }
@@ -181,12 +223,17 @@ class RequestServer:
         poller.register(self._pair_in, zmq.POLLIN)
         try:
             while True:
-                events = dict(poller.poll(self._rebinder.poll_timeout_ms()))
+                timeout = self._rebinder.poll_timeout_ms()
+                if self._link is not None:
+                    timeout = min(timeout or self._link.poll_ms(), self._link.poll_ms())
+                events = dict(poller.poll(timeout))
                 if self._pair_in in events and not self._forward_replies():
                     break
                 if self._router in events:
                     self._receive_requests()
                 self._rebinder.tick()
+                if self._link is not None:
+                    self._link.tick()
         finally:
             self._router.close()
             self._pair_in.close(linger=0)
@@ -199,6 +246,8 @@ class RequestServer:
             except zmq.Again:
                 return True
             if msg == [_STOP]:
+                if self._link is not None:
+                    self._link.send_stop()
                 return False
             if msg == [_REBIND]:
                 self._rebinder.apply()
@@ -212,9 +261,11 @@ class RequestServer:
     def _receive_requests(self) -> None:
         # Drain what is queued, but give completed replies a turn every few requests.
         for _ in range(16):
-            got = receive(self._router, self.receive_limits)
+            got = receive(self._router, self._limits_in)
             if got is None:
                 return
+            if self._link is not None and (got := self._link.accept(got)) is None:
+                continue  # a message of the receiver process itself
             frames = got.frames
             try:
                 if got.refused is not None:
@@ -223,13 +274,13 @@ class RequestServer:
                 self._handle(frames)
             except Exception as exc:  # a bug here must cost one request, not the server
                 log.exception("request_bug", error=type(exc).__name__)
-                envelope, body = split_envelope(frames)
+                envelope, body = split_envelope(frames, self._prefix)
                 rid = peek_id(body[0]) if body else None
                 self._reply_now(envelope, rid, Reply.from_error(exc))
 
     def _refuse(self, got: Received) -> None:
         """One ``too_large`` for a message over the frame or byte bound (already released)."""
-        envelope, body = split_envelope(got.frames)
+        envelope, body = split_envelope(got.frames, self._prefix)
         self._counts["requests"] += 1
         rid = peek_id(body[0]) if body else None
         message = f"{got.refused} (got {got.total_bytes} bytes in {got.frame_count} frames)"
@@ -253,7 +304,7 @@ class RequestServer:
         return None
 
     def _handle(self, frames: list[bytes]) -> None:
-        envelope, body = split_envelope(frames)
+        envelope, body = split_envelope(frames, self._prefix)
         self._counts["requests"] += 1
         rid, task = peek(body[0]) if body else (None, None)
         # Before decoding: an overloaded daemon should not spend CPU on images it drops.
@@ -311,8 +362,9 @@ class RequestServer:
         return Reply.success(task="models", models=self.models_fn())
 
     def _reply_now(self, envelope: list[bytes], rid: str | None, reply: Reply) -> None:
+        reply, body = self._encoded(reply, rid)
         self._count(reply)
-        self._send([*envelope, *reply.to_frames(rid)])
+        self._send([*envelope, *body])
 
     def _send(self, frames: list[bytes]) -> None:
         try:
@@ -329,8 +381,7 @@ class RequestServer:
     def _complete(self, request: Request, future: Future[Any], held: int = 0) -> None:
         """Done-callback: encode on the finishing thread, hand the frames to the server."""
         try:
-            reply = self._as_reply(request, future.result())
-            body = reply.to_frames(request.id)
+            reply, body = self._encoded(self._as_reply(request, future.result()), request.id)
         except CancelledError:
             reply = Reply.failure("internal", "request cancelled (shutting down?)")
             body = reply.to_frames(request.id)
@@ -345,6 +396,22 @@ class RequestServer:
         with self._send_lock:
             if not self._closed:
                 self._pair_out.send_multipart(frames)
+
+    def _encoded(self, reply: Reply, rid: str | None) -> tuple[Reply, list[bytes]]:
+        """Its frames; through a receiver process a reply is at most ``max_reply_bytes`` (the
+        receiver's memory limit holds one), a bigger one is ``too_large`` instead."""
+        body = reply.to_frames(rid)
+        size = sum(len(f) for f in body)
+        limit = self.receive_limits.max_reply_bytes
+        if self._link is None or size <= limit:
+            return reply, body
+        reply = Reply.from_error(
+            TooLarge(
+                f"result is {size} bytes, over the {limit}-byte reply limit (1/8 of the memory "
+                "budget); ask for a png/jpeg result or a smaller output"
+            )
+        )
+        return reply, reply.to_frames(rid)
 
     def _as_reply(self, request: Request, outcome: Any) -> Reply:
         if isinstance(outcome, Reply):
@@ -379,12 +446,14 @@ def request_bytes(request: Request) -> int:
     return 4096 + sum(int(getattr(a, "nbytes", 0)) for a in arrays if a is not None)
 
 
-def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """ROUTER frames -> (envelope, body).
+def split_envelope(frames: list[bytes], prefix: int = 0) -> tuple[list[bytes], list[bytes]]:
+    """ROUTER frames -> (envelope, body); the first ``prefix`` frames are envelope too (the
+    receiver process's route).
 
     A REQ peer (and a DEALER that imitates it) sends ``[identity, b"", body...]``; a plain
     DEALER sends ``[identity, body...]``. The reply mirrors the envelope, so both work.
     """
-    if len(frames) > 1 and frames[1] == b"":
-        return frames[:2], frames[2:]
-    return frames[:1], frames[1:]
+    head, rest = frames[:prefix], frames[prefix:]
+    if len(rest) > 1 and rest[1] == b"":
+        return head + rest[:2], rest[2:]
+    return head + rest[:1], rest[1:]

@@ -118,6 +118,9 @@ class Service:
             stats_fn=self.stats,
             models_fn=self._models,
             memory_budget=self.engine.pool.budget,
+            # Untrusted requests are received in a memory-limited child (edged.daemon.receiver).
+            receiver=self.settings.zmq.receiver,
+            on_event=self.publish_event,
         )
         self.server.start()
         for cfg in self.settings.streams:
@@ -199,6 +202,9 @@ class Service:
         # inside this process: withholding the ping lets systemd restart the unit.
         dead = [name for name, runner in self._streams.items() if runner.dead]
         workers_dead = self.scheduler.dead_workers()
+        link = getattr(self.server, "_link", None)
+        if link is not None and link.dead:
+            dead.append("receiver")
         if dead or workers_dead:
             log.error("thread dead; withholding watchdog ping", streams=dead, workers=workers_dead)
         elif age < 2 * interval:

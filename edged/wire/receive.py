@@ -27,6 +27,7 @@ the server answers ``too_large`` once: edged never holds a second copy of what i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class ReceiveLimits:
     queue_bytes: int
     transport_frame_bytes: int
     budget: int
+    max_reply_bytes: int
 
     @classmethod
     def derive(cls, zmq_settings: ZmqSettings, budget: int | None) -> ReceiveLimits:
@@ -83,6 +85,7 @@ class ReceiveLimits:
             queue_bytes=max(share, MIN_MESSAGE_BYTES),
             transport_frame_bytes=min(2 * zmq_settings.max_frame_bytes, message),
             budget=budget,
+            max_reply_bytes=max(share, message),
         )
 
     def as_dict(self) -> dict[str, int]:
@@ -93,21 +96,32 @@ class ReceiveLimits:
             "queue_bytes": self.queue_bytes,
             "transport_frame_bytes": self.transport_frame_bytes,
             "budget_bytes": self.budget,
+            "max_reply_bytes": self.max_reply_bytes,
         }
+
+    def fields(self) -> dict[str, int]:
+        """The constructor's arguments (the receiver process gets its limits this way)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
 class Received:
     """One message: its frames (all of them, or only the envelope and header when it was
-    refused), its real size and frame count, and why it was refused (None if it was not)."""
+    refused), its real size and frame count, and why it was refused (None if it was not).
+
+    With ``keep_frames`` an accepted message's frames are the ``zmq.Frame`` objects libzmq
+    filled (``raw``; ``frames`` stays empty): the receiver process forwards them uncopied."""
 
     frames: list[bytes] = field(default_factory=list)
     total_bytes: int = 0
     frame_count: int = 0
     refused: str | None = None
+    raw: list[zmq.Frame] = field(default_factory=list)
 
 
-def receive(sock: zmq.Socket[Any], limits: ReceiveLimits) -> Received | None:
+def receive(
+    sock: zmq.Socket[Any], limits: ReceiveLimits, *, keep_frames: bool = False
+) -> Received | None:
     """The next message of ``sock`` (None if none is queued), read frame by frame.
 
     Past ``max_frames`` or ``max_message_bytes`` the rest is counted and released unread
@@ -126,10 +140,15 @@ def receive(sock: zmq.Socket[Any], limits: ReceiveLimits) -> Received | None:
         if got.refused is None:
             got.refused = _over(got, limits)
             if got.refused is not None:  # keep only what the reply needs (envelope, header)
-                got.frames = [f for f in got.frames[:3] if len(f) <= MAX_HEADER_BYTES]
-        if got.refused is None or (
-            len(got.frames) < MAX_ENVELOPE_FRAMES + 1 and size <= MAX_HEADER_BYTES
-        ):
+                kept = [bytes(f.buffer) for f in got.raw[:3]] if keep_frames else got.frames
+                got.frames = [f for f in kept[:3] if len(f) <= MAX_HEADER_BYTES]
+                got.raw = []
+        if got.refused is None:
+            if keep_frames:
+                got.raw.append(frame)
+            else:
+                got.frames.append(frame.bytes)
+        elif len(got.frames) < MAX_ENVELOPE_FRAMES + 1 and size <= MAX_HEADER_BYTES:
             got.frames.append(frame.bytes)
         more = frame.more
         frame = None  # release libzmq's buffer before the next frame arrives in Python
