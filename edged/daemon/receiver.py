@@ -92,20 +92,26 @@ def _vm_data() -> int:
     raise OSError("no VmData in /proc/self/status")
 
 
-def _cap_memory(headroom: int) -> int:
-    """RLIMIT_DATA = the private writable memory mapped now + ``headroom``; the limit set.
+def _cap_memory(headroom: int) -> int | None:
+    """RLIMIT_DATA = the private writable memory mapped now + ``headroom``; the limit set
+    (None when a seccomp filter refuses it: the OOM score below is then the only guard).
 
     RLIMIT_DATA, not RLIMIT_AS: address space reserved but not writable (glibc's per-thread
     arenas, libzmq's I/O threads) does not count, so the limit measures real allocations.
     """
     limit = _vm_data() + headroom
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    capped: int | None = limit
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    except OSError as exc:  # e.g. SystemCallFilter=~@resources on a systemd that lists prlimit64
+        log.error("receiver_memory_not_capped", error=str(exc), fix="allow prlimit64/setrlimit")
+        capped = None
     try:  # a cgroup-wide OOM kills the receiver first, never the daemon and its models
         with open("/proc/self/oom_score_adj", "w", encoding="ascii") as adj:
             adj.write("1000")
     except OSError as exc:
         log.warning("oom_score_adj_not_set", error=str(exc))
-    return limit
+    return capped
 
 
 class Receiver:

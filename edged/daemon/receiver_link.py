@@ -18,6 +18,7 @@ row is ``dead``: the service then stops petting the systemd watchdog.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -43,9 +44,10 @@ from edged.daemon.receiver import (
 )
 from edged.daemon.receiver import REPLY as REPLY_KIND
 from edged.daemon.supervise import MAX_RESTARTS, RESTART_WINDOW_S
-from edged.errors import ConfigError
+from edged.errors import ConfigError, TooLarge
 from edged.log import get_logger
-from edged.wire.receive import Received
+from edged.wire.protocol import Reply
+from edged.wire.receive import Received, ReceiveLimits
 from edged.wire.security import prepare_ipc
 
 if TYPE_CHECKING:
@@ -174,6 +176,32 @@ class ReceiverLink:
 
     def poll_ms(self) -> int:
         return TICK_MS
+
+    def limits_in(self) -> ReceiveLimits:
+        """The server's limits on the internal socket: two frames (route, kind) more."""
+        limits = self._server.receive_limits
+        return dataclasses.replace(
+            limits,
+            max_frames=limits.max_frames + 2,
+            max_message_bytes=limits.max_message_bytes + 64,
+        )
+
+    def bounded(
+        self, reply: Reply, body: list[bytes], rid: str | None
+    ) -> tuple[Reply, list[bytes]]:
+        """A reply is at most ``max_reply_bytes`` (the receiver's memory limit holds one):
+        a bigger one would fail the receiver's allocation, so it is ``too_large`` instead."""
+        size = sum(len(f) for f in body)
+        limit = self._server.receive_limits.max_reply_bytes
+        if size <= limit:
+            return reply, body
+        reply = Reply.from_error(
+            TooLarge(
+                f"result is {size} bytes, over the {limit}-byte reply limit (1/8 of the memory "
+                "budget); ask for a png/jpeg result or a smaller output"
+            )
+        )
+        return reply, reply.to_frames(rid)
 
     def accept(self, got: Received) -> Received | None:
         """A request becomes ``[child, REPLY, client envelope, body]`` for the server (its

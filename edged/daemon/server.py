@@ -12,17 +12,14 @@ Thread model (zmq sockets are not thread-safe):
 - every request gets exactly one reply: errors are replies, a handler exception is a reply,
   ``busy`` is a reply when ``zmq.max_queue`` requests are already in flight.
 
-``receiver="process"`` (the daemon's default, ``zmq.receiver``): the ROUTER is bound on an
-internal ipc socket instead, and a receiver process (edged.daemon.receiver, supervised by
-edged.daemon.receiver_link) binds the public endpoint, refuses what is over the receive
-limits there and forwards the rest. A forwarded message is ``[receiver, b"Q", client
-envelope, body]``; it is handled as ``[receiver, b"S", client envelope, body]`` so that its
-reply, like any, is its envelope + the reply frames and goes back through the receiver.
+``receiver="process"`` (the daemon's default): the ROUTER is bound on an internal ipc socket
+and a receiver process (edged.daemon.receiver, edged.daemon.receiver_link) binds the public
+endpoint; its ``[receiver, b"Q", envelope, body]`` is handled as ``[receiver, b"S", envelope,
+body]``, so the reply (envelope + reply frames) goes back through it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 from collections import Counter
@@ -104,16 +101,8 @@ class RequestServer:
         self._link = ReceiverLink(self, on_event) if receiver == "process" else None
         # Frames before the client's envelope: [receiver, b"S"] from a receiver process.
         self._prefix = 0 if self._link is None else 2
-        limits = self.receive_limits
-        self._limits_in = (
-            limits
-            if self._link is None
-            else dataclasses.replace(
-                limits,
-                max_frames=limits.max_frames + 2,
-                max_message_bytes=limits.max_message_bytes + 64,
-            )
-        )
+        # What the internal socket may carry: a receiver's request has two frames more.
+        self._limits_in = self.receive_limits if self._link is None else self._link.limits_in()
         self._pair_name = f"inproc://edged-replies-{next(_ids)}-{id(self)}"
 
     @property
@@ -398,20 +387,8 @@ class RequestServer:
                 self._pair_out.send_multipart(frames)
 
     def _encoded(self, reply: Reply, rid: str | None) -> tuple[Reply, list[bytes]]:
-        """Its frames; through a receiver process a reply is at most ``max_reply_bytes`` (the
-        receiver's memory limit holds one), a bigger one is ``too_large`` instead."""
         body = reply.to_frames(rid)
-        size = sum(len(f) for f in body)
-        limit = self.receive_limits.max_reply_bytes
-        if self._link is None or size <= limit:
-            return reply, body
-        reply = Reply.from_error(
-            TooLarge(
-                f"result is {size} bytes, over the {limit}-byte reply limit (1/8 of the memory "
-                "budget); ask for a png/jpeg result or a smaller output"
-            )
-        )
-        return reply, reply.to_frames(rid)
+        return (reply, body) if self._link is None else self._link.bounded(reply, body, rid)
 
     def _as_reply(self, request: Request, outcome: Any) -> Reply:
         if isinstance(outcome, Reply):

@@ -12,17 +12,25 @@ Limits (``ReceiveLimits.derive``), from the memory budget ``B`` (the model pool'
 - in flight (queued and running) at most ``zmq.max_queue`` requests holding at most
   ``share`` bytes together (frames and decoded arrays); past either: ``busy``;
 - the transport cap (libzmq ``ZMQ_MAXMSGSIZE``, per frame) is ``min(2 * max_frame_bytes,
-  max_message_bytes)``: a bigger frame makes libzmq drop the peer without buffering it. This
-  is the one input that gets no reply (the connection is gone): between ``max_frame_bytes``
-  and the cap a frame is answered ``too_large``;
+  max_message_bytes)``: a bigger frame makes libzmq drop the peer without buffering it, and
+  gets no reply (the connection is gone; so does a message too big for the receiver process,
+  below): between ``max_frame_bytes`` and the cap a frame is answered ``too_large``;
 - the message and queue limits never go below ``MIN_MESSAGE_BYTES`` (1 MiB), so a daemon
-  with a tiny budget still answers every request (``too_large`` for any model it cannot load).
+  with a tiny budget still answers every request (``too_large`` for any model it cannot load);
+- a reply is at most ``max_reply_bytes`` = ``max(share, max_message_bytes)`` when it goes
+  through the receiver process (which must hold one whole); a bigger one is ``too_large``.
 
 libzmq delivers a multipart message atomically: all its frames are in libzmq's memory before
-the first one can be read, so a message of many frames, each under the transport cap, costs
-its size once in libzmq until read. ``receive`` then reads it frame by frame without copying
-(``copy=False``), releases each frame of an oversized message as soon as it is counted, and
-the server answers ``too_large`` once: edged never holds a second copy of what it refuses.
+the first one can be read, and no libzmq option bounds the frame count, so a message of many
+frames, each under the transport cap, costs its size in the process that receives it. That
+process is therefore not the daemon: the receiver process (edged.daemon.receiver) reads
+here with ``keep_frames`` and forwards accepted messages uncopied; it runs under an
+``RLIMIT_DATA`` of its idle size + 2 x ``max_message_bytes`` + ``max_reply_bytes`` + 32 MiB,
+where a message that cannot fit fails libzmq's allocation and libzmq drops that connection
+(or the receiver dies and the daemon restarts it). ``receive`` reads frame by frame without
+copying, releases each frame of an oversized message as soon as it is counted, and the
+caller answers ``too_large`` once: nothing holds a second copy of what it refuses. With
+``zmq.receiver = "inline"`` the daemon receives itself and pays for such a message once.
 """
 
 from __future__ import annotations
