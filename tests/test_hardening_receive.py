@@ -233,3 +233,40 @@ def test_a_dead_receiver_is_published_and_restarted(daemon: Daemon) -> None:
     assert second["restarts"] == first["restarts"] + 1
     assert second["last_exit"] == -signal.SIGKILL
     assert "receiver_died" in daemon.log()
+
+
+def test_a_reply_over_the_reply_limit_is_too_large_not_lost(tmp_path: Path) -> None:
+    """The receiver process must hold a reply whole under its memory limit: a result over
+    ``max_reply_bytes`` (1/8 of the budget, 1 MiB here) is one ``too_large``; the same result
+    compressed fits and is served."""
+    import numpy as np
+
+    from edged.wire.payloads import encode_array
+    from edged.wire.protocol import encode_request
+
+    config = tmp_path / "edged.toml"
+    config.write_text(config_toml({"memory_budget": 8_000_000, "log_format": "json"}))
+    side = 700  # a 700 x 700 RGB result: 1.47 MB raw, a few kB as PNG
+    arrays = (
+        ("image", np.zeros((side, side, 3), np.uint8)),
+        ("mask", np.zeros((side, side), np.uint8)),
+    )
+    payloads = [(name, "png", encode_array(arr, "png")[0], {}) for name, arr in arrays]
+    with Daemon(config, tmp_path) as running:
+        with Client(running.requests_endpoint, timeout_s=20) as client:
+            assert client.stats()["server"]["limits"]["max_reply_bytes"] == 1 << 20
+        sock = _dealer(running.requests_endpoint)
+        try:
+            answers = {}
+            for encoding in ("raw", "png"):
+                frames = encode_request(encoding, "inpainting", payloads=payloads)
+                header = json.loads(frames[0])
+                frames[0] = json.dumps({**header, "encoding": encoding}).encode()
+                sock.send_multipart(frames)
+                (reply,) = _replies(sock, 500)
+                answers[reply["id"]] = reply
+        finally:
+            sock.close(0)
+    assert answers["raw"]["error"]["code"] == "too_large"
+    assert "reply limit" in answers["raw"]["error"]["message"]
+    assert answers["png"]["ok"] is True
