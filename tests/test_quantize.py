@@ -132,3 +132,28 @@ def test_cli_reports_json_and_bad_input(
         quantize(src, tmp_path / "x.onnx", "int2")
     with pytest.raises(ModelNotFound, match="diffusers ONNX model dir"):
         quantize(tmp_path, None, "int4-weights")
+
+
+@pytest.mark.parametrize("scheme", ["dynamic-int8", "qdq-int8", "int4-weights"])
+def test_a_model_on_a_read_only_mount_is_quantized(
+    sd_dir: Path, tmp_path: Path, scheme: str
+) -> None:
+    """onnxruntime writes NAME-inferred.onnx beside the model: a read-only models dir (a
+    shared checkout, a board's image) must not stop quantization."""
+    import shutil
+    import subprocess
+
+    from edged.testing import small_tmpfs
+
+    with small_tmpfs(tmp_path / "ro", "64m") as ro:
+        shutil.copy(sd_dir / "unet" / "model.onnx", ro / "model.onnx")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        with pytest.raises(OSError, match="Read-only file system"):
+            (ro / "probe").touch()
+        report = quantize(ro / "model.onnx", tmp_path / "out" / "model.onnx", scheme)
+        assert sorted(p.name for p in ro.iterdir()) == ["model.onnx"]
+    assert report.dst_bytes < report.src_bytes
+    np.testing.assert_allclose(
+        _unet_out(report.dst, 999.0), _unet_out(sd_dir / "unet" / "model.onnx", 999.0),
+        atol=0.15 * float(np.abs(_unet_out(sd_dir / "unet" / "model.onnx", 999.0)).max()),
+    )  # fmt: skip

@@ -139,6 +139,33 @@ def quiet_quantizer(logger: str = "") -> Iterator[None]:
         quieted.setLevel(level)
 
 
+def _dir_takes_files(directory: Path) -> bool:
+    """Whether a file can be created in ``directory`` (tried, not guessed: root ignores mode
+    bits, a read-only mount refuses even root)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".edged-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def writable_source(src: Path) -> Iterator[Path]:
+    """``src`` where its directory takes files, else ``src`` seen from a temp dir.
+
+    onnxruntime's quantizers write ``NAME-inferred.onnx`` beside the model for shape inference,
+    so a model on a read-only mount (a shared models dir, a board's image) failed. The temp
+    dir holds symlinks to ``src`` and its siblings, so external data still resolves.
+    """
+    if _dir_takes_files(src.parent):
+        yield src
+        return
+    with tempfile.TemporaryDirectory(prefix="edged-quant-src-") as tmp:
+        for sibling in src.parent.iterdir():
+            (Path(tmp) / sibling.name).symlink_to(sibling.resolve())
+        yield Path(tmp) / src.name
+
+
 def _dynamic(src: Path, dst: Path, external: bool, op_types: Sequence[str]) -> None:
     q = _quant_modules()
     with quiet_quantizer():
@@ -243,22 +270,25 @@ def quantize_file(
     start = time.monotonic()
     external = model_bytes(src) > _EXTERNAL_ABOVE
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".quant-", dir=dst.parent) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix=".quant-", dir=dst.parent) as tmp,
+        writable_source(src) as readable,
+    ):
         out = Path(tmp) / dst.name
         try:
             if scheme == "dynamic-int8":
                 ops = ["MatMul", "Gemm", "Conv"] if convs else ["MatMul", "Gemm"]
-                _dynamic(src, out, external, ops)
+                _dynamic(readable, out, external, ops)
             elif scheme == "qdq-int8":
-                _qdq(src, out, external, calibration)
+                _qdq(readable, out, external, calibration)
             elif convs:
                 stage = Path(tmp) / "stage" / "model.onnx"
                 stage.parent.mkdir()
-                _int4(src, stage, external, block_size)
+                _int4(readable, stage, external, block_size)
                 _dynamic(stage, out, external, ["Conv"])
                 shutil.rmtree(stage.parent)
             else:
-                _int4(src, out, external, block_size)
+                _int4(readable, out, external, block_size)
         except (BackendUnavailable, BadRequest):
             raise
         except Exception as exc:

@@ -114,12 +114,16 @@ def quantize_qdq(
     src: Path, dst: Path, feeds: Sequence[dict[str, Array]], exclude: Sequence[str] = ()
 ) -> None:
     """Static QDQ, per-channel int8 weights, uint8 activations, compute ops only."""
-    from edged.quantization.onnx_quantizer import _quant_modules, quiet_quantizer
+    from edged.quantization.onnx_quantizer import _quant_modules, quiet_quantizer, writable_source
 
     q = _quant_modules()
-    with tempfile.TemporaryDirectory(prefix="edged-calib-") as tmp, quiet_quantizer():
+    with (
+        tempfile.TemporaryDirectory(prefix="edged-calib-") as tmp,
+        quiet_quantizer(),
+        writable_source(src) as readable,
+    ):
         q.quantize_static(
-            src,
+            readable,
             dst,
             CalibrationReader(feeds),
             quant_format=q.QuantFormat.QDQ,
