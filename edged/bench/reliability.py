@@ -84,11 +84,16 @@ def proc_status(pid: int, key: str) -> int:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process, seconds."""
+    """utime + stime of a process and its live children (the request receiver), seconds."""
     import os
 
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def cpu(one: int) -> float:
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(k) for k in children.read_text().split()] if children.exists() else []
+    return cpu(pid) + sum(cpu(k) for k in kids if Path(f"/proc/{k}/stat").exists())
 
 
 def _delivered(stats: dict[str, Any]) -> int:
