@@ -23,12 +23,12 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.config import Settings
-from edged.digest import file_sha256
 from edged.errors import EdgedError, FetchError
 from edged.log import get_logger
-from edged.optional import cv2 as _cv2
 from edged.testing.daemon import Daemon
-from edged.toml_text import toml_document
+from edged.util.digest import file_sha256
+from edged.util.optional import cv2 as _cv2
+from edged.util.toml_text import toml_document
 
 log = get_logger("demo")
 
@@ -201,7 +201,7 @@ def demo_config(
     video: Path,
     inbox: Path,
 ) -> Path:
-    """The config of the daemon the demo starts (the one TOML writer, ``edged.toml_text``)."""
+    """The config of the daemon the demo starts (the one TOML writer, ``edged.util.toml_text``)."""
     top = {
         "model_dirs": settings.model_search_path,
         "state_dir": settings.state_dir,

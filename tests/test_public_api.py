@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import edged
-from edged.digest import file_sha256
-from edged.toml_text import toml_document, toml_value
+from edged.util.digest import file_sha256
+from edged.util.toml_text import toml_document, toml_value
 
 
 def test_toml_writer_round_trips_through_tomllib(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_quantization_uses_only_the_public_task_api() -> None:
 
 
 def test_lru_keeps_the_most_recent_and_reports_hits() -> None:
-    from edged.lru import LRU
+    from edged.util.lru import LRU
 
     cache: LRU[str, int] = LRU(2)
     cache.put("a", 1)
@@ -126,6 +126,6 @@ def test_lru_keeps_the_most_recent_and_reports_hits() -> None:
 def test_one_lazy_opencv_import_for_the_modules_that_need_it() -> None:
     # The wire payloads and stream sources import without OpenCV; they get it on first use.
     assert "cv2" not in _imported_after("import edged.wire.payloads, edged.daemon.sources")
-    from edged import optional
+    from edged.util import optional
 
     assert optional.cv2().__name__ == "cv2"

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged.config import Settings
-from edged.digest import file_sha256
 from edged.models.catalog import Catalog
 from edged.models.schema import ModelEntry, ModelFile
 from edged.quantization.accuracy_gate import GateResult
 from edged.quantization.calibration import CalibrationSet, load_images
 from edged.runtime import FORMAT_OF_RUNTIME
 from edged.runtime.base import one_line
+from edged.util.digest import file_sha256
 
 
 @dataclass

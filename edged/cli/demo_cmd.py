@@ -12,7 +12,7 @@ from typing import Any
 
 from edged.cli.common import add_common, settings_from_args
 from edged.errors import EdgedError, FetchError
-from edged.optional import cv2
+from edged.util.optional import cv2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edged.digest import file_sha256
+from edged.util.digest import file_sha256
 
 __all__ = ["MANIFEST", "read_manifest", "verify_dir", "write_manifest"]
 

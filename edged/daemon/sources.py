@@ -28,7 +28,7 @@ from edged.config import ServiceSettings, StreamSettings
 from edged.daemon.supervise import SupervisedSource
 from edged.errors import ConfigError, SourceError
 from edged.log import get_logger
-from edged.optional import cv2 as _cv2
+from edged.util.optional import cv2 as _cv2
 
 log = get_logger("sources")
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from edged.digest import file_sha256
 from edged.errors import ConfigError, LicenceNotAllowed, ModelNotFound, ModelVerificationError
 from edged.models.schema import ModelEntry, ModelFile
 from edged.schema import validation_problems
-from edged.toml_text import toml_table
+from edged.util.digest import file_sha256
+from edged.util.toml_text import toml_table
 
 if TYPE_CHECKING:
     from edged.config import Settings

@@ -31,13 +31,13 @@ import numpy as np
 import numpy.typing as npt
 
 from edged import imaging
-from edged.digest import file_sha256
 from edged.errors import BadRequest
 from edged.models.schema import ModelEntry
 from edged.runtime.base import Array, Session
 from edged.runtime.recording import RecordingSession
 from edged.tasks import inpaint_window, segmentation_feed, superres_window
 from edged.tasks.preprocess import SEGMENTATION_FEED_FAMILIES
+from edged.util.digest import file_sha256
 
 Image = npt.NDArray[np.uint8]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from edged.config import Settings
-from edged.digest import file_sha256
 from edged.errors import BadRequest, ModelLoadError, ModelNotFound
 from edged.log import get_logger
 from edged.models.catalog import Catalog
@@ -52,6 +51,7 @@ from edged.quantization.variants import (
 )
 from edged.runtime import config_for, open_session
 from edged.runtime.base import Array, Session
+from edged.util.digest import file_sha256
 
 log = get_logger("quantize")
 

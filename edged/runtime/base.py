@@ -18,9 +18,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from edged.digest import file_sha256
 from edged.errors import BadRequest
 from edged.schema import StrictModel
+from edged.util.digest import file_sha256
 
 Dim = int | str | None
 """A tensor dimension: a fixed size, a symbolic name (``"height"``) or unknown (None)."""

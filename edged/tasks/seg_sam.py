@@ -29,10 +29,10 @@ import numpy.typing as npt
 from edged.engine import Engine
 from edged.errors import BadRequest, ConfigError
 from edged.imaging import image_hash, resize, resize_float
-from edged.lru import LRU
 from edged.models.schema import ModelEntry
 from edged.tasks.base import TaskRequest
 from edged.tasks.seg_common import Image, SegOutput, Timer, input_spec
+from edged.util.lru import LRU
 
 F32 = npt.NDArray[np.float32]
 CACHE_ENTRIES = 4

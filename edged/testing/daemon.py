@@ -24,7 +24,7 @@ import numpy as np
 
 from edged.daemon.sources import Frame
 from edged.errors import BackendUnavailable
-from edged.toml_text import toml_document
+from edged.util.toml_text import toml_document
 from edged.wire.client import Message, Subscriber
 
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -30,7 +30,7 @@ from edged.image_header import (
 from edged.image_header import (
     PNG_SIGNATURE as _PNG_SIGNATURE,
 )
-from edged.optional import cv2 as _cv2
+from edged.util.optional import cv2 as _cv2
 
 Encoding = Literal["png", "jpeg", "npy", "raw"]
 ENCODINGS: tuple[Encoding, ...] = ("png", "jpeg", "npy", "raw")

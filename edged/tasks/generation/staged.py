@@ -27,11 +27,11 @@ import numpy.typing as npt
 
 from edged.errors import BadRequest, MemoryBudgetExceeded
 from edged.log import get_logger
-from edged.lru import LRU
 from edged.memory import malloc_trim
 from edged.runtime import config_for, open_session
 from edged.runtime.base import Session
 from edged.schema import format_bytes
+from edged.util.lru import LRU
 
 if TYPE_CHECKING:
     from edged.engine import Engine
