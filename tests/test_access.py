@@ -21,7 +21,8 @@ import pytest
 from edged.bench.fuzz import config_toml
 from edged.errors import BadRequest, ServerUnavailable, TooLarge
 from edged.testing import make_tiny_sd_dir, png_bomb
-from edged.testing.daemon import Daemon, free_port
+from edged.testing.daemon import Daemon
+from edged.testing.zmq import free_port
 from edged.wire.client import Client
 from edged.wire.protocol import encode_request
 from edged.wire.security import generate_keys, read_key_pair, read_public_key

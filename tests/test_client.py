@@ -256,7 +256,7 @@ def test_array_inputs_travel_raw_when_the_reply_is_raw(
 
     import zmq
 
-    from edged.daemon.server import split_envelope
+    from edged.daemon.replies import split_envelope
     from edged.wire.context import get_context
     from edged.wire.protocol import Reply
 

@@ -23,17 +23,15 @@ import pytest
 from edged.bench.fuzz import config_toml
 from edged.errors import EdgedError
 from edged.testing import make_tiny_sd_dir, small_tmpfs
-from edged.testing.daemon import (
-    Collector,
-    Daemon,
+from edged.testing.cameras import (
     MjpegServer,
     RtspServer,
-    endpoints,
     moving_frames,
     rtsp_server_missing,
-    wait_until,
     write_video,
 )
+from edged.testing.daemon import Collector, Daemon, endpoints
+from edged.testing.waits import wait_until
 from edged.wire.client import Client
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edged.service"

@@ -21,12 +21,15 @@ import numpy as np
 import pytest
 
 from edged.config import ServiceSettings, StreamSettings
-from edged.daemon.inbox import InboxDirs, InboxSource, InboxTicket, recover
+from edged.daemon.inbox import InboxSource
 from edged.daemon.inbox_files import NAME_MAX, job_id, read_claimed
+from edged.daemon.inbox_tickets import InboxDirs, InboxTicket, recover
 from edged.errors import BadRequest
 from edged.tasks.base import TaskResult
 from edged.testing import small_tmpfs
-from edged.testing.daemon import Daemon, FrameSink, toml_config, wait_until
+from edged.testing.cameras import FrameSink
+from edged.testing.daemon import Daemon, toml_config
+from edged.testing.waits import wait_until
 
 
 def bmp_bomb() -> bytes:

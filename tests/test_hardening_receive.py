@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import zmq
 
-from edged.testing.daemon import Daemon, config_toml, wait_until
+from edged.testing.daemon import Daemon, config_toml
+from edged.testing.waits import wait_until
 from edged.wire.client import Client, Subscriber
 from edged.wire.context import get_context
 

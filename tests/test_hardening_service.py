@@ -22,7 +22,9 @@ from edged.models.catalog import Catalog, file_sha256
 from edged.models.loader import load_model
 from edged.models.schema import ModelEntry
 from edged.testing import make_scale_model
-from edged.testing.daemon import Daemon, config_toml, free_port, wait_until
+from edged.testing.daemon import Daemon, config_toml
+from edged.testing.waits import wait_until
+from edged.testing.zmq import free_port
 from edged.wire.client import Client
 from edged.wire.payloads import encode_array
 from edged.wire.protocol import encode_request

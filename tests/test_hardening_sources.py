@@ -21,16 +21,9 @@ import numpy as np
 from edged.config import ServiceSettings, StreamSettings
 from edged.daemon.sources import CaptureSource, _FilePacer
 from edged.daemon.supervise import Supervised
-from edged.testing.daemon import (
-    Collector,
-    Daemon,
-    FrameSink,
-    endpoints,
-    moving_frames,
-    toml_config,
-    wait_until,
-    write_video,
-)
+from edged.testing.cameras import FrameSink, moving_frames, write_video
+from edged.testing.daemon import Collector, Daemon, endpoints, toml_config
+from edged.testing.waits import wait_until
 from edged.wire.client import Client
 
 FAST = {"reconnect_initial_s": 0.1, "reconnect_max_s": 0.3}

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.daemon.inbox import InboxDirs, InboxTicket, recover
 from edged.daemon.inbox_files import job_id
+from edged.daemon.inbox_tickets import InboxDirs, InboxTicket, recover
 from edged.errors import BadRequest
 from edged.tasks.base import TaskResult
 from edged.testing import small_tmpfs
@@ -133,7 +133,8 @@ def test_inbox_source_survives_its_directory_vanishing(tmp_path: Path) -> None:
 
     from edged.config import ServiceSettings, StreamSettings
     from edged.daemon.inbox import InboxSource
-    from edged.testing.daemon import FrameSink, wait_until
+    from edged.testing.cameras import FrameSink
+    from edged.testing.waits import wait_until
 
     inbox = tmp_path / "box" / "inbox"
     sink = FrameSink()

@@ -13,7 +13,7 @@ import pytest
 from edged.config import Settings
 from edged.engine import Engine
 from edged.errors import BadRequest
-from edged.tasks import inpainting
+from edged.tasks import inpaint_windows
 from edged.tasks.base import TaskRequest
 from edged.testing import inpaint_pattern, make_inpaint_model, write_manifest
 
@@ -128,7 +128,7 @@ def test_windows_of_separate_and_close_holes() -> None:
     mask[900:990, 1900:1995] = 1  # C: far bottom-right corner
     mask[500:900, 900:1000] = 1  # D: 400 px tall -> window 400 * (1 + 2 * 0.5) = 800 > 512
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    windows = inpainting.plan_windows(labels, count, stats, context=0.5, min_side=512)
+    windows = inpaint_windows.plan_windows(labels, count, stats, context=0.5, min_side=512)
     assert sorted(len(w.labels) for w in windows) == [1, 1, 2]
     covered = np.zeros(mask.shape, np.int32)
     for w in windows:

@@ -20,8 +20,9 @@ import pytest
 from edged.config import load_settings
 from edged.errors import Busy, ConfigError, MemoryBudgetExceeded, ModelLoadError
 from edged.memory import release_memory, rss_bytes, wait_settled
+from edged.pool.budget import effective_budget
 from edged.pool.estimates import ESTIMATES_FILE
-from edged.pool.model_pool import ModelPool, effective_budget
+from edged.pool.model_pool import ModelPool
 from edged.runtime import config_for, open_session
 from edged.runtime.base import Session
 from edged.schema import format_bytes

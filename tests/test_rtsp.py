@@ -9,14 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.testing.daemon import (
-    Collector,
-    Daemon,
-    RtspServer,
-    endpoints,
-    rtsp_server_missing,
-    toml_config,
-)
+from edged.testing.cameras import RtspServer, rtsp_server_missing
+from edged.testing.daemon import Collector, Daemon, endpoints, toml_config
 from edged.wire.client import Client
 
 

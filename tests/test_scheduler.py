@@ -10,7 +10,7 @@ import pytest
 from edged.daemon.scheduler import Job, Scheduler
 from edged.errors import Busy
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
-from edged.testing.daemon import wait_until
+from edged.testing.waits import wait_until
 
 
 class Recorder:

@@ -13,15 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.testing.daemon import (
-    Collector,
-    Daemon,
-    endpoints,
-    moving_frames,
-    toml_config,
-    wait_until,
-    write_video,
-)
+from edged.testing.cameras import moving_frames, write_video
+from edged.testing.daemon import Collector, Daemon, endpoints, toml_config
+from edged.testing.waits import wait_until
 from edged.wire.client import Client
 
 

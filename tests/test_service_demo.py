@@ -14,7 +14,7 @@ import cv2
 import pytest
 
 from edged.testing import FileServer, build_wheel, serve_pypi
-from edged.testing.daemon import free_port
+from edged.testing.zmq import free_port
 
 SELFIE_MEMBER = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
 

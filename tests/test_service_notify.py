@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edged.daemon.sdnotify import Notifier
-from edged.testing.daemon import wait_until
+from edged.testing.waits import wait_until
 
 
 def _recv(sock: socket.socket) -> dict[str, str]:

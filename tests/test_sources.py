@@ -10,7 +10,8 @@ import pytest
 from edged.config import ServiceSettings, StreamSettings
 from edged.daemon.sources import CaptureSource, ImageSource, _redact, source_kind
 from edged.errors import ConfigError, SourceError
-from edged.testing.daemon import FrameSink, moving_frames, wait_until, write_video
+from edged.testing.cameras import FrameSink, moving_frames, write_video
+from edged.testing.waits import wait_until
 
 FAST = ServiceSettings(reconnect_initial_s=0.05, reconnect_max_s=0.2)
 

@@ -7,7 +7,8 @@ import numpy as np
 
 from edged.config import ServiceSettings, StreamSettings
 from edged.daemon.sources import CaptureSource
-from edged.testing.daemon import FrameSink, MjpegServer, wait_until
+from edged.testing.cameras import FrameSink, MjpegServer
+from edged.testing.waits import wait_until
 
 
 def test_stalled_mjpeg_stream_times_out_reconnects_and_resumes() -> None:

@@ -19,15 +19,9 @@ from edged.daemon.scheduler import Job, Scheduler
 from edged.daemon.streams import StreamRunner
 from edged.engine import Engine, current_replica, replica
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
-from edged.testing.daemon import (
-    Collector,
-    Daemon,
-    endpoints,
-    moving_frames,
-    toml_config,
-    wait_until,
-    write_video,
-)
+from edged.testing.cameras import moving_frames, write_video
+from edged.testing.daemon import Collector, Daemon, endpoints, toml_config
+from edged.testing.waits import wait_until
 from edged.wire.client import Client
 
 BARRIER_S = 20.0

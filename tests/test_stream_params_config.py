@@ -13,14 +13,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edged.testing.daemon import (
-    Collector,
-    Daemon,
-    config_toml,
-    moving_frames,
-    toml_config,
-    write_video,
-)
+from edged.testing.cameras import moving_frames, write_video
+from edged.testing.daemon import Collector, Daemon, config_toml, toml_config
 
 
 def _check(config: Path) -> subprocess.CompletedProcess[str]:

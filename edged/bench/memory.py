@@ -32,7 +32,8 @@ from edged.memory import (
     snapshot,
     wait_settled,
 )
-from edged.pool.model_pool import ModelPool, effective_budget
+from edged.pool.budget import effective_budget
+from edged.pool.model_pool import ModelPool
 from edged.runtime import config_for, open_session
 from edged.runtime.base import Session, warmup_feeds
 from edged.schema import format_bytes, parse_bytes

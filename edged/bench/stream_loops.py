@@ -27,7 +27,7 @@ def make_clip(path: Path, frames: int = 150, fps: float = 960.0) -> Path:
     so its rate must sit above anything the pipeline reaches (the file pacer trusts < 1000).
     """
     from edged.bench.common import bench_image
-    from edged.testing.daemon import moving_frames, write_video
+    from edged.testing.cameras import moving_frames, write_video
 
     photo = bench_image(1280, 720)
     return write_video(path, moving_frames(photo, frames, size=SIZE), fps=fps)

@@ -62,7 +62,7 @@ def _handler(args: argparse.Namespace) -> int:
 
 def _run(settings: Any, models: dict[str, str], photo: Any, out: Path, work: Path) -> list[Any]:
     from edged import demo
-    from edged.testing.daemon import write_video
+    from edged.testing.cameras import write_video
 
     frames = demo.panning_frames(photo, demo.FRAMES)
     video = write_video(work / "astronaut.avi", iter(frames), fps=8.0)

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _handler(args: argparse.Namespace) -> int:
-    from edged.pool.model_pool import effective_budget
+    from edged.pool.budget import effective_budget
 
     settings = settings_from_args(args)
     choice = choose(settings, args.sysroot)

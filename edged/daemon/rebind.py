@@ -142,7 +142,7 @@ class Rebinder:
         """Unbind the old endpoint once nothing is owed on it (or its drain time is over)."""
         if self._draining is None:
             return
-        if self._server._in_flight == 0 or time.monotonic() >= self._drain_until:
+        if self._server._in_flight.count == 0 or time.monotonic() >= self._drain_until:
             self._retire_draining()
 
     def _retire_draining(self) -> None:

@@ -31,11 +31,12 @@ import zmq
 
 from edged import __version__
 from edged.config import Settings
+from edged.daemon.in_flight import InFlight, request_bytes
 from edged.daemon.rebind import Rebinder
 from edged.daemon.receiver_link import EventFn, ReceiverLink
-from edged.errors import Busy, EdgedError, TooLarge
+from edged.daemon.replies import as_reply, log_failure, outcome_name, split_envelope
+from edged.errors import EdgedError, TooLarge
 from edged.log import get_logger
-from edged.tasks.base import TaskResult
 from edged.wire.context import get_context
 from edged.wire.protocol import (
     BUILTIN_TASKS,
@@ -93,8 +94,7 @@ class RequestServer:
         self._thread: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._closed = True
-        self._in_flight = 0
-        self._held_bytes = 0
+        self._in_flight = InFlight(self.limits.max_queue, self.receive_limits.queue_bytes)
         self._counts: Counter[str] = Counter()
         self._rebinder = Rebinder(self)
         self._binding: SecureBinding | None = None
@@ -191,8 +191,8 @@ class RequestServer:
     def stats(self) -> dict[str, Any]:
         """Counters, requests in flight and the bytes they hold, the endpoint really bound."""
         return {
-            "in_flight": self._in_flight,
-            "held_bytes": self._held_bytes,
+            "in_flight": self._in_flight.count,
+            "held_bytes": self._in_flight.held_bytes,
             "limits": self.receive_limits.as_dict(),
             "receiver": {"mode": "inline"} if self._link is None else self._link.stats(),
             **self._rebinder.stats(),
@@ -242,8 +242,7 @@ class RequestServer:
                 self._rebinder.apply()
                 continue
             outcome, _, held = msg[0].decode().partition("|")
-            self._in_flight -= 1
-            self._held_bytes -= int(held or 0)
+            self._in_flight.done(int(held or 0))
             self._counts[outcome] += 1
             self._send(msg[1:])
 
@@ -276,28 +275,12 @@ class RequestServer:
         log.info("request_refused", id=rid, bytes=got.total_bytes, frames=got.frame_count)
         self._reply_now(envelope, rid, Reply.from_error(TooLarge(message)))
 
-    def _busy(self, task: str | None, size: int) -> Busy | None:
-        """Busy when the in-flight count or the bytes they hold would pass their bound."""
-        if task in BUILTIN_TASKS:
-            return None
-        if self._in_flight >= self.limits.max_queue:
-            return Busy(
-                f"request queue full (zmq.max_queue = {self.limits.max_queue}); retry later"
-            )
-        if self._in_flight and self._held_bytes + size > self.receive_limits.queue_bytes:
-            return Busy(
-                f"requests in flight hold {self._held_bytes} bytes; with this one "
-                f"({size} bytes) that is over {self.receive_limits.queue_bytes} (1/8 of the "
-                "memory budget); retry later"
-            )
-        return None
-
     def _handle(self, frames: list[bytes]) -> None:
         envelope, body = split_envelope(frames, self._prefix)
         self._counts["requests"] += 1
         rid, task = peek(body[0]) if body else (None, None)
         # Before decoding: an overloaded daemon should not spend CPU on images it drops.
-        busy = self._busy(task, sum(len(f) for f in body))
+        busy = self._in_flight.busy(task, sum(len(f) for f in body))
         if busy is not None:
             self._reply_now(envelope, rid, Reply.from_error(busy))
             return
@@ -311,15 +294,16 @@ class RequestServer:
             self._reply_now(envelope, request.id, self._builtin(request.task))
             return
         held = request_bytes(request)
-        busy = self._busy(request.task, held)  # decoded arrays may be bigger than the frames
+        busy = self._in_flight.busy(
+            request.task, held
+        )  # decoded arrays may be bigger than the frames
         if busy is not None:
             self._reply_now(envelope, request.id, Reply.from_error(busy))
             return
         self._dispatch(request, held)
 
     def _dispatch(self, request: Request, held: int = 0) -> None:
-        self._in_flight += 1
-        self._held_bytes += held
+        self._in_flight.add(held)
         release = held
         try:
             if self._executor is not None:
@@ -327,17 +311,15 @@ class RequestServer:
             else:
                 outcome = self.handler(request)
         except Exception as exc:  # handler refused synchronously (e.g. Busy from a scheduler)
-            self._in_flight -= 1
-            self._held_bytes -= release
-            self._log_failure(request, exc)
+            self._in_flight.done(release)
+            log_failure(request, exc)
             self._reply_now(list(request.identity), request.id, Reply.from_error(exc))
             return
         if isinstance(outcome, Future):
             outcome.add_done_callback(lambda fut: self._complete(request, fut, release))
             return
-        self._in_flight -= 1
-        self._held_bytes -= release
-        reply = self._as_reply(request, outcome)
+        self._in_flight.done(release)
+        reply = as_reply(request, outcome)
         self._reply_now(list(request.identity), request.id, reply)
 
     def _builtin(self, task: str) -> Reply:
@@ -363,24 +345,24 @@ class RequestServer:
             log.warning("reply_dropped", error=str(exc))
 
     def _count(self, reply: Reply) -> None:
-        self._counts["ok" if reply.ok else f"error_{reply.error_code}"] += 1
+        self._counts[outcome_name(reply)] += 1
 
     # ------------------------------------------------------------ any thread
 
     def _complete(self, request: Request, future: Future[Any], held: int = 0) -> None:
         """Done-callback: encode on the finishing thread, hand the frames to the server."""
         try:
-            reply, body = self._encoded(self._as_reply(request, future.result()), request.id)
+            reply, body = self._encoded(as_reply(request, future.result()), request.id)
         except CancelledError:
             reply = Reply.failure("internal", "request cancelled (shutting down?)")
             body = reply.to_frames(request.id)
         except Exception as exc:  # the client gets its one reply whatever failed
-            self._log_failure(request, exc)
+            log_failure(request, exc)
             reply = Reply.from_error(exc)
             body = reply.to_frames(request.id)
         # Frame 0 is the outcome and the bytes the request held, counted by the server thread
         # (the counters are not shared).
-        outcome = f"{'ok' if reply.ok else f'error_{reply.error_code}'}|{held}".encode()
+        outcome = f"{outcome_name(reply)}|{held}".encode()
         frames = [outcome, *request.identity, *body]
         with self._send_lock:
             if not self._closed:
@@ -389,48 +371,3 @@ class RequestServer:
     def _encoded(self, reply: Reply, rid: str | None) -> tuple[Reply, list[bytes]]:
         body = reply.to_frames(rid)
         return (reply, body) if self._link is None else self._link.bounded(reply, body, rid)
-
-    def _as_reply(self, request: Request, outcome: Any) -> Reply:
-        if isinstance(outcome, Reply):
-            return outcome
-        if isinstance(outcome, TaskResult):
-            try:
-                return Reply.from_result(outcome, encoding=request.encoding)
-            except EdgedError as exc:
-                return Reply.from_error(exc)
-        log.error("handler_bad_return", id=request.id, got=type(outcome).__name__)
-        return Reply.failure("internal", "handler returned no result")
-
-    def _log_failure(self, request: Request, exc: BaseException) -> None:
-        if isinstance(exc, EdgedError):
-            log.info(
-                "request_failed",
-                id=request.id,
-                task=request.task,
-                code=exc.wire_code,
-                error=str(exc),
-            )
-        else:
-            log.error(
-                "request_crashed", id=request.id, task=request.task, error=repr(exc), exc_info=exc
-            )
-
-
-def request_bytes(request: Request) -> int:
-    """What a decoded request holds until its job ends: its arrays (and a little more)."""
-    task_request = request.task_request
-    arrays = (task_request.image, task_request.mask)
-    return 4096 + sum(int(getattr(a, "nbytes", 0)) for a in arrays if a is not None)
-
-
-def split_envelope(frames: list[bytes], prefix: int = 0) -> tuple[list[bytes], list[bytes]]:
-    """ROUTER frames -> (envelope, body); the first ``prefix`` frames are envelope too (the
-    receiver process's route).
-
-    A REQ peer (and a DEALER that imitates it) sends ``[identity, b"", body...]``; a plain
-    DEALER sends ``[identity, body...]``. The reply mirrors the envelope, so both work.
-    """
-    head, rest = frames[:prefix], frames[prefix:]
-    if len(rest) > 1 and rest[1] == b"":
-        return head + rest[:2], rest[2:]
-    return head + rest[:1], rest[1:]

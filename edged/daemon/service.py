@@ -21,10 +21,12 @@ from types import FrameType
 from typing import Any
 
 from edged.config import Settings, StreamSettings, load_settings
+from edged.daemon.request_jobs import submit_request
 from edged.daemon.scheduler import REQUESTS, Job, Scheduler
 from edged.daemon.sdnotify import Notifier
 from edged.daemon.streams import StreamRunner
-from edged.engine import Engine, LoadedModel, replica
+from edged.daemon.warmup import warm_up
+from edged.engine import Engine, LoadedModel
 from edged.errors import EdgedError
 from edged.log import get_logger
 from edged.tasks.base import ProgressFn, TaskRequest, TaskResult
@@ -278,70 +280,12 @@ class Service:
 
     def _handle_request(self, request: Any) -> Future[Any]:
         """RequestServer handler: queue the job, resolve to a ``Reply`` (never raises)."""
-        from edged.daemon.confine import confine_paths
-        from edged.wire.protocol import Reply
-
         assert self.scheduler is not None
-        reply: Future[Any] = Future()
-        try:
-            # Generation takes model dirs and decoder files: never outside model_dirs.
-            confine_paths(request.task_request, self.settings.model_search_path)
-        except EdgedError as exc:
-            reply.set_result(Reply.from_error(exc))
-            return reply
-        job = Job(
-            request.task_request,
-            captured_at=request.received_at,
-            meta={"id": request.id, "task": request.task},
-        )
-
-        def done(fut: Future[TaskResult]) -> None:
-            if fut.cancelled():
-                reply.set_result(Reply.failure("busy", "shutting down; retry after restart"))
-            elif (exc := fut.exception()) is not None:
-                if not isinstance(exc, EdgedError):
-                    log.error("request failed", id=request.id, error=repr(exc))
-                reply.set_result(Reply.from_error(exc))
-            else:
-                try:
-                    reply.set_result(Reply.from_result(fut.result(), encoding=request.encoding))
-                except Exception as enc_exc:  # the client always gets a reply
-                    reply.set_result(Reply.from_error(enc_exc))
-
-        job.future.add_done_callback(done)
-        try:
-            self.scheduler.submit(job)
-        except EdgedError as exc:
-            reply.set_result(Reply.from_error(exc))
-        return reply
-
-    def _copies(self, model: str) -> int:
-        """How many copies of ``model`` streams run side by side (their largest ``parallel``)."""
-        assert self.engine is not None
-        copies = [1]
-        for stream in self.settings.streams:
-            try:
-                used = stream.model or self.engine.default_model(stream.task)
-            except EdgedError:  # the stream reports that itself when it starts
-                continue
-            if used == model:
-                copies.append(stream.parallel)
-        return max(copies)
+        return submit_request(self.scheduler, self.settings.model_search_path, request)
 
     def _warm_up(self, models: list[str]) -> None:
-        """Load (and warm) each model before READY=1, every copy a parallel stream will use."""
         assert self.engine is not None
-        for name in models:
-            count = self._copies(name)
-            try:
-                for index in range(count):
-                    with replica(index, count), self.engine.acquire(name):
-                        pass
-            except EdgedError as exc:
-                log.error("warm-up failed", model=name, error=str(exc))
-                self.publish_event("model", {"model": name, "state": "failed", "error": str(exc)})
-                continue
-            log.info("warmed up", model=name)
+        warm_up(self.engine, self.settings, models, self.publish_event)
 
     # ------------------------------------------------------------------ publishing
 

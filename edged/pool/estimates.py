@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from edged.log import get_logger
 from edged.memory import read_cgroup_memory, snapshot
@@ -138,46 +138,6 @@ def process_memory() -> dict[str, Any]:
         **snap,
         "cgroup_max_bytes": cgroup.max if cgroup else None,
         "cgroup_current_bytes": cgroup.current if cgroup else None,
-    }
-
-
-@dataclass
-class Slot(Generic[T]):
-    """The pool's record of one model: loading, resident, or being released."""
-
-    key: str
-    value: T | None = None
-    cost: int = 0  # charged while resident (measured)
-    reserved: int = 0  # held while loading (predicted peak)
-    users: int = 0
-    pinned: bool = False
-    loading: bool = True
-    doomed: bool = False  # evict when the last user releases
-    last_used: int = 0
-    loads: int = 0
-    hits: int = 0
-    load_s: float = 0.0
-    peak: int = 0
-    pss: int | None = None
-    use_lock: threading.RLock = field(default_factory=threading.RLock)
-
-    @property
-    def charged(self) -> int:
-        return self.cost + self.reserved
-
-
-def slot_stats(slot: Slot[Any], pinned: bool) -> dict[str, Any]:
-    return {
-        "key": slot.key,
-        "bytes": slot.cost,
-        "peak_bytes": slot.peak,
-        "pss_bytes": slot.pss,
-        "users": slot.users,
-        "pinned": pinned,
-        "loads": slot.loads,
-        "hits": slot.hits,
-        "load_seconds": round(slot.load_s, 3),
-        "last_used": slot.last_used,
     }
 
 

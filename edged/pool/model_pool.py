@@ -31,53 +31,24 @@ from typing import Any, Generic, TypeVar
 from edged.config import Settings
 from edged.errors import Busy, Cancelled, ConfigError, MemoryBudgetExceeded
 from edged.log import get_logger
-from edged.memory import (
-    PeakSampler,
-    malloc_trim,
-    pss_bytes,
-    read_cgroup_memory,
-    release_memory,
-    rss_bytes,
-    tune_allocator,
+from edged.memory import read_cgroup_memory, release_memory, rss_bytes, tune_allocator
+from edged.pool.budget import (
+    effective_budget,
+    job_busy_message,
+    job_refusal,
+    load_need,
+    load_refusal,
+    model_busy_message,
 )
-from edged.pool.estimates import ESTIMATES_FILE, Counters, EstimateTable, Slot, slot_stats
+from edged.pool.estimates import ESTIMATES_FILE, Counters, EstimateTable
 from edged.pool.jobs import Job, JobLedger
-from edged.schema import format_bytes
+from edged.pool.measure import measure_load
+from edged.pool.slots import Slot, SlotBook, slot_stats
 
 T = TypeVar("T")
 log = get_logger(__name__)
 
-DEFAULT_BUDGET = 1_500_000_000
-LOAD_PEAK_FACTOR = 3.5
-"""Unknown model: load peak / file size. Measured 3.4x at 10 MB, 2.0-2.5x at 100-400 MB (ONNX)."""
-MIN_PEAK_FACTOR = 2.0
-"""Lowest load peak / file size seen for ONNX (protobuf bytes + the tensors built from them)."""
-MIN_COST = 1_000_000
-"""Floor of a measured cost: a delta can read ~0 when freed heap pages are reused."""
-PEAK_MARGIN = 0.06
-"""Added to a measured peak: one 400 MB model's load peak varied 800-850 MB run to run."""
-GUESS_FLOOR = 100_000_000
-"""Least reserved for an unmeasured model: small files with big activations peaked at
-16-48x their size during warm-up (taef2_decoder 5 MB -> 81 MB, vaelight_decoder 1 MB -> 48 MB)."""
-DEFAULT_ESTIMATE = 64_000_000
-"""Cost assumed for a model with no measurement and no size hint."""
 EventFn = Callable[[str, dict[str, Any]], None]
-
-
-def effective_budget(settings: Settings, profile_budget: int | None, cgroup_max: int | None) -> int:
-    """min(memory_budget or 1.5 GB, the profile's default, cgroup memory.max - memory_reserve)."""
-    candidates = [settings.memory_budget or DEFAULT_BUDGET]
-    if profile_budget is not None:
-        candidates.append(profile_budget)
-    if cgroup_max is not None:
-        room = cgroup_max - settings.memory_reserve
-        if room <= 0:
-            raise ConfigError(
-                f"memory_reserve ({format_bytes(settings.memory_reserve)}) leaves nothing of the "
-                f"cgroup limit ({format_bytes(cgroup_max)}): lower memory_reserve or raise MemoryMax"
-            )
-        candidates.append(room)
-    return min(candidates)
 
 
 def _close_value(value: object) -> None:
@@ -113,12 +84,10 @@ class ModelPool(Generic[T]):
         self.sampler_interval_s = sampler_interval_s
         self.slack = int(slack * budget_bytes)
         self.estimates = EstimateTable(estimates_path)
-        self._pinned = frozenset(pinned)
         self._closer = closer
         self._on_event = on_event
-        self._slots: dict[str, Slot[T]] = {}
         self.jobs = JobLedger()  # guarded by self._cond
-        self._releasing = 0  # bytes of victims being closed: not free yet
+        self._book: SlotBook[T] = SlotBook(budget_bytes, frozenset(pinned), self.slack, self.jobs)
         self._cond = threading.Condition()
         self._load_lock = threading.RLock()  # one load at a time: deltas stay attributable
         self._tick = itertools.count(1)
@@ -209,9 +178,9 @@ class ModelPool(Generic[T]):
     def job_room(self) -> tuple[int, int]:
         """(bytes a job could reserve now, evicting idle models; bytes it could ever get)."""
         with self._cond:
-            now = self.budget - self._used()
-            now += sum(s.cost for s in self._slots.values() if self._evictable(s))
-            return max(0, min(now, self._job_ceiling())), max(0, self._job_ceiling())
+            now = self.budget - self._book.used()
+            now += sum(s.cost for s in self._book.slots.values() if self._book.evictable(s))
+            return max(0, min(now, self._book.job_ceiling())), max(0, self._book.job_ceiling())
 
     def evict(self, key: str, *, force: bool = False, collect: bool = True) -> bool:
         """Unload ``key`` now if idle (configured pins only with ``force``); else at release.
@@ -221,24 +190,24 @@ class ModelPool(Generic[T]):
         staged parts: a closed onnxruntime session is freed by reference counting; measured,
         a collection after such an eviction returned 0 bytes and cost ~30 ms)."""
         with self._cond:
-            slot = self._slots.get(key)
+            slot = self._book.slots.get(key)
             if slot is None or slot.loading:
                 return False
-            if (slot.pinned or key in self._pinned) and not force:
+            if (slot.pinned or key in self._book.pinned) and not force:
                 return False
             if slot.users:
                 slot.doomed = True
                 return False
-            self._detach(slot)
+            self._book.detach(slot)
         self._close([slot], reason="requested", collect=collect)
         return True
 
     def stats(self) -> dict[str, Any]:
         """Resident models and counters, JSON-able (the daemon's `stats` reply embeds this)."""
         with self._cond:
-            ready = [s for s in self._slots.values() if not s.loading]
-            models = [slot_stats(s, self._is_pinned(s)) for s in ready]
-            used = self._used()
+            ready = [s for s in self._book.slots.values() if not s.loading]
+            models = [slot_stats(s, self._book.is_pinned(s)) for s in ready]
+            used = self._book.used()
             counters = self._n.as_dict()
             jobs = self.jobs.stats()
         rss = rss_bytes()
@@ -258,17 +227,17 @@ class ModelPool(Generic[T]):
         """Unload everything idle; models still in use are unloaded when released."""
         with self._cond:
             self._closed = True
-            idle = [s for s in self._slots.values() if not s.loading and s.users == 0]
-            for slot in self._slots.values():
+            idle = [s for s in self._book.slots.values() if not s.loading and s.users == 0]
+            for slot in self._book.slots.values():
                 slot.doomed = True
             for slot in idle:
-                self._detach(slot)
+                self._book.detach(slot)
         self._close(idle, reason="shutdown")
 
     def resident(self) -> list[str]:
         """Keys resident now, least recently used first."""
         with self._cond:
-            ready = [s for s in self._slots.values() if not s.loading]
+            ready = [s for s in self._book.slots.values() if not s.loading]
             return [s.key for s in sorted(ready, key=lambda s: s.last_used)]
 
     # ------------------------------------------------------------ admission
@@ -281,7 +250,7 @@ class ModelPool(Generic[T]):
             while True:
                 if self._closed:
                     raise Cancelled("the model pool is closed (shutting down)")
-                slot = self._slots.get(key)
+                slot = self._book.slots.get(key)
                 if slot is not None and not slot.loading:
                     return self._hit(slot, pinned)
                 need, victims = (0, None) if slot is not None else self._plan(key, estimate)
@@ -309,12 +278,15 @@ class ModelPool(Generic[T]):
         room (load it alone) but refuses only at size x MIN_PEAK_FACTOR, so the pessimistic
         factor never refuses a model that would have fitted.
         """
-        fixed = [s for s in self._slots.values() if not s.loading and self._is_pinned(s)]
+        fixed = [s for s in self._book.slots.values() if not s.loading and self._book.is_pinned(s)]
         room = self.budget - sum(s.cost for s in fixed)
         least, need, how = self.load_need(key, estimate)
         if least > room:
             self._n.refused += 1
-            raise MemoryBudgetExceeded(self._refusal(key, least, how, fixed, room))
+            pinned = [s.key for s in fixed]
+            raise MemoryBudgetExceeded(
+                load_refusal(key, least, how, budget=self.budget, pinned=pinned, room=room)
+            )
         return min(need, room)
 
     def load_need(self, key: str, estimate: int | None) -> tuple[int, int, str]:
@@ -324,44 +296,14 @@ class ModelPool(Generic[T]):
         (its size) x MIN_PEAK_FACTOR: callers that plan what fits (generation's residency
         and UNet parts) use this so they never choose what the pool would refuse.
         """
-        known = self.estimates.get(key)
-        if known is not None:
-            least = max(known.peak_bytes, known.resident_bytes)
-            return least, int(least * (1 + PEAK_MARGIN)), "measured"
-        if estimate:
-            least = int(max(estimate, MIN_COST) * MIN_PEAK_FACTOR)
-            need = max(int(estimate * LOAD_PEAK_FACTOR), GUESS_FLOOR)
-            return least, need, "estimated from its size"
-        return MIN_COST, int(DEFAULT_ESTIMATE * LOAD_PEAK_FACTOR), "no estimate"
+        return load_need(self.estimates.get(key), estimate)
 
     def _plan(self, key: str, estimate: int | None) -> tuple[int, list[Slot[T]] | None]:
         """(bytes to reserve, victims that make room); victims None if it must wait."""
         need = self._need(key, estimate)
-        return need, self._victims(need)
-
-    def _victims(self, need: int) -> list[Slot[T]] | None:
-        """Idle models to evict (LRU, with slack) so ``need`` bytes fit; None if they cannot."""
-        free = self.budget - self._used()
-        if free >= need:
-            return []
-        idle = sorted(
-            (s for s in self._slots.values() if self._evictable(s)), key=lambda s: s.last_used
-        )
-        victims: list[Slot[T]] = []
-        for slot in idle:
-            if free >= need + self.slack or (free >= need and len(victims) >= 3):
-                break
-            victims.append(slot)
-            free += slot.cost
-        return victims if free >= need else None
+        return need, self._book.victims(need)
 
     # ------------------------------------------------------------ job reservations
-
-    def _job_ceiling(self) -> int:
-        """Under the lock: what a job of this thread could ever hold (all else released)."""
-        held = self.jobs.held_here()
-        fixed = sum(s.charged for s in self._slots.values() if self._is_pinned(s) or s.key in held)
-        return self.budget - fixed - self.jobs.mine()
 
     def _admit_job(self, what: str, nbytes: int) -> tuple[Job, list[Slot[T]]]:
         deadline = time.monotonic() + self.wait_s
@@ -369,61 +311,40 @@ class ModelPool(Generic[T]):
             while True:
                 if self._closed:
                     raise Cancelled("the model pool is closed (shutting down)")
-                ceiling = self._job_ceiling()
+                ceiling = self._book.job_ceiling()
                 if nbytes > ceiling:
                     self.jobs.refused += 1
-                    raise MemoryBudgetExceeded(self._job_refusal(what, nbytes, ceiling))
-                victims = self._victims(nbytes)
+                    raise MemoryBudgetExceeded(job_refusal(what, nbytes, ceiling, self.budget))
+                victims = self._book.victims(nbytes)
                 if victims is not None:
                     break
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
-                    self.jobs.busy += 1
-                    free = max(0, self.budget - self._used())
-                    raise Busy(
-                        f"{what} needs {format_bytes(nbytes)} of working memory; only "
-                        f"{format_bytes(free)} of the {format_bytes(self.budget)} budget came "
-                        f"free within {self.wait_s:.1f} s (jobs hold "
-                        f"{format_bytes(self.jobs.total())}): retry later, run fewer jobs at "
-                        "once, or raise memory_budget / admission_wait_s"
-                    )
+                    raise self._job_busy(what, nbytes)
             for victim in victims:
-                self._detach(victim)
+                self._book.detach(victim)
             return self.jobs.add(what, nbytes), victims
 
-    def _job_refusal(self, what: str, nbytes: int, ceiling: int) -> str:
-        return (
-            f"{what} needs {format_bytes(nbytes)} of working memory but at most "
-            f"{format_bytes(max(0, ceiling))} of the {format_bytes(self.budget)} memory budget "
-            "can be free beside the pinned models and the job's own model: send a smaller "
-            "input, raise memory_budget (and MemoryMax), or unpin models"
+    def _job_busy(self, what: str, nbytes: int) -> Busy:
+        self.jobs.busy += 1
+        free, held = max(0, self.budget - self._book.used()), self.jobs.total()
+        budget, wait_s = self.budget, self.wait_s
+        return Busy(
+            job_busy_message(what, nbytes, free=free, budget=budget, wait_s=wait_s, held=held)
         )
-
-    def _refusal(self, key: str, need: int, how: str, fixed: list[Slot[T]], room: int) -> str:
-        msg = f"{key} needs {format_bytes(need)} to load ({how}) but the memory budget is {format_bytes(self.budget)}"
-        if need <= self.budget:
-            names = ", ".join(s.key for s in fixed)
-            msg += f" and pinned models ({names}) hold {format_bytes(self.budget - room)}: unpin some (pinned_models) or"
-        else:
-            msg += ":"
-        return f"{msg} raise memory_budget (and the cgroup MemoryMax), or use a smaller/quantized model"
 
     def _busy(self, key: str, loading: Slot[T] | None) -> Busy:
         self._n.busy += 1
         if loading is not None:
             return Busy(f"{key}: still loading after {self.wait_s:.1f} s; retry later")
-        in_use = ", ".join(s.key for s in self._slots.values() if s.users) or "none"
-        return Busy(
-            f"no memory for {key} within {self.wait_s:.1f} s: the budget "
-            f"({format_bytes(self.budget)}) is held by models in use ({in_use}); retry later, "
-            "run fewer jobs at once, or raise memory_budget / admission_wait_s"
-        )
+        in_use = [s.key for s in self._book.slots.values() if s.users]
+        return Busy(model_busy_message(key, self.wait_s, self.budget, in_use))
 
     def _reserve(self, key: str, need: int, pinned: bool, victims: list[Slot[T]]) -> Slot[T]:
         for victim in victims:
-            self._detach(victim)
+            self._book.detach(victim)
         slot: Slot[T] = Slot(key, reserved=need, users=1, pinned=pinned)
         slot.last_used = next(self._tick)
-        self._slots[key] = slot
+        self._book.slots[key] = slot
         self._n.misses += 1
         return slot
 
@@ -432,24 +353,25 @@ class ModelPool(Generic[T]):
     def _load(self, slot: Slot[T], loader: Callable[[], T]) -> Slot[T]:
         try:
             with self._load_lock:
-                value, cost, peak, pss, seconds = self._measure(loader)
+                measured = measure_load(loader, self.sampler_interval_s)
         except BaseException:
             with self._cond:
-                self._slots.pop(slot.key, None)
+                self._book.slots.pop(slot.key, None)
                 self._n.load_errors += 1
                 self._cond.notify_all()
             release_memory()
             raise
+        value, cost, peak, seconds = measured.value, measured.cost, measured.peak, measured.seconds
         self.estimates.observe(slot.key, cost, peak)
         with self._cond:
             if peak > slot.reserved:
                 self._n.peak_misses += 1
             slot.value, slot.cost, slot.reserved, slot.loading = value, cost, 0, False
-            slot.peak, slot.pss, slot.load_s = peak, pss, seconds
+            slot.peak, slot.pss, slot.load_s = peak, measured.pss, seconds
             slot.loads = self._loads_by_key[slot.key] = self._loads_by_key.get(slot.key, 0) + 1
             self._n.loads += 1
             self._n.load_s += seconds
-            overflow = self._overflow()
+            overflow = self._book.overflow()
             self._cond.notify_all()
         log.info(
             "model_loaded", key=slot.key, bytes=cost, peak_bytes=peak, seconds=round(seconds, 3)
@@ -458,65 +380,16 @@ class ModelPool(Generic[T]):
         self._close(overflow, reason="over budget after load")
         return slot
 
-    def _measure(self, loader: Callable[[], T]) -> tuple[T, int, int, int | None, float]:
-        malloc_trim()  # garbage left by earlier work must not be credited to this model
-        pss_before = pss_bytes()
-        before = rss_bytes()
-        sampler = PeakSampler(self.sampler_interval_s).start()
-        start = time.perf_counter()
-        try:
-            value = loader()
-        finally:
-            top = sampler.stop()
-        seconds = time.perf_counter() - start
-        # Freed load buffers (protobuf bytes, unpacked weights) sit in glibc's heap until a
-        # trim; without it a 10 MB model reads as 30 MB resident. (No gc here: a full
-        # collection costs ~100 ms and a fresh load leaves no garbage cycles behind.)
-        malloc_trim()
-        cost = max(rss_bytes() - before, MIN_COST)
-        pss_after = pss_bytes()
-        pss = pss_after - pss_before if pss_after is not None and pss_before is not None else None
-        return value, cost, max(top - before, cost), pss, seconds
-
-    def _overflow(self) -> list[Slot[T]]:
-        """A load that cost more than predicted: evict idle models until back under budget."""
-        victims = []
-        idle = sorted(
-            (s for s in self._slots.values() if self._evictable(s)), key=lambda s: s.last_used
-        )
-        for slot in idle:
-            if self._used() <= self.budget:
-                break
-            self._detach(slot)
-            victims.append(slot)
-        return victims
-
     def _release(self, slot: Slot[T]) -> None:
         with self._cond:
             slot.users -= 1
             slot.last_used = next(self._tick)
-            doomed = slot.doomed and slot.users == 0 and self._slots.get(slot.key) is slot
+            doomed = slot.doomed and slot.users == 0 and self._book.slots.get(slot.key) is slot
             if doomed:
-                self._detach(slot)
+                self._book.detach(slot)
             self._cond.notify_all()
         if doomed:
             self._close([slot], reason="released after evict/close")
-
-    # ------------------------------------------------------------ eviction helpers
-
-    def _is_pinned(self, slot: Slot[T]) -> bool:
-        return slot.pinned or slot.key in self._pinned
-
-    def _evictable(self, slot: Slot[T]) -> bool:
-        return not slot.loading and slot.users == 0 and not self._is_pinned(slot)
-
-    def _used(self) -> int:
-        return sum(s.charged for s in self._slots.values()) + self._releasing + self.jobs.total()
-
-    def _detach(self, slot: Slot[T]) -> None:
-        """Under the lock: remove from the table, keep its bytes charged until it is closed."""
-        del self._slots[slot.key]
-        self._releasing += slot.cost
 
     def _close(self, victims: list[Slot[T]], *, reason: str, collect: bool = True) -> None:
         """Outside the lock: close victims, give the memory back, then free their charge."""
@@ -528,7 +401,7 @@ class ModelPool(Generic[T]):
             slot.value = None
         freed = release_memory(collect=collect)
         with self._cond:
-            self._releasing -= sum(s.cost for s in victims)
+            self._book.releasing -= sum(s.cost for s in victims)
             self._n.evictions += len(victims)
             self._cond.notify_all()
         keys = [s.key for s in victims]

@@ -94,7 +94,7 @@ def estimate_bytes(component: str, path: Path, pixels: int = REFERENCE_PIXELS) -
 
 def part_need(component: str, weights: int, pixels: int) -> int:
     """What a part of ``weights`` bytes needs: the pool's size rule or weights + work."""
-    from edged.pool.model_pool import MIN_PEAK_FACTOR
+    from edged.pool.budget import MIN_PEAK_FACTOR
 
     own = weights + work_bytes(f"{component}:part0", weights, pixels)
     return max(int(weights * MIN_PEAK_FACTOR), own)
