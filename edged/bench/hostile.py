@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from edged.imaging import encode_image
-
 FORMATS = (".png", ".jpg", ".bmp", ".tiff", ".webp")
 REFUSED = frozenset({"bad_request", "too_large"})
 WIRE_ENCODING = {".png": "png", ".jpg": "jpeg"}
@@ -97,6 +95,8 @@ def request(
 
 def named_cases(models: dict[str, str]) -> Iterator[Case]:
     """Every case the field hardening issue saw, one request each."""
+    from edged.imaging import encode_image  # OpenCV: not at import (the CLI registers this suite)
+
     png300 = encode_image(flat_image(300, 300), ".png")
     png3000 = encode_image(flat_image(3000, 3000), ".png")
     sr, seg = models["sr_large"], models["segmentation"]
@@ -177,6 +177,8 @@ def variant_cases(models: dict[str, str], count: int, seed: int) -> Iterator[Cas
 
 def drop_inbox_files(inbox: Path, outside: Path) -> list[str]:
     """Hostile inbox inputs; returns the names dropped (each must get one record)."""
+    from edged.imaging import encode_image
+
     outside.mkdir(parents=True, exist_ok=True)
     good = encode_image(flat_image(96, 128), ".png")
     secret = outside / "outside.png"
