@@ -18,12 +18,13 @@ import pytest
 
 from edged.config import load_settings
 from edged.engine import Engine
-from edged.tasks.base import TaskRequest, TaskResult
+from edged.tasks.base import TaskResult
 from edged.tasks.generation import stage_needs
 from edged.tasks.generation.budget import choose_decoder
 from edged.tasks.generation.pipeline import ModelDir
-from edged.tasks.generation.staged import Residency, clear_embedding_cache
+from edged.tasks.generation.staged import Residency
 from edged.testing import make_tiny_sd_dir, make_tiny_vae_decoder
+from edged.testing.generation import run_generation
 from edged.testing.sdxl import make_tiny_sdxl_dir
 
 SIZE = 256  # 32x32 latents: the VAE can be tiled
@@ -64,17 +65,12 @@ def vae_whole(sd_root: Path) -> int:
 def _run(
     tmp_path: Path, root: Path, budget: int | None, *, dirs: tuple[Path, ...] = (), **params: Any
 ) -> TaskResult:
-    clear_embedding_cache()
     state = tmp_path / f"state{len(list(tmp_path.glob('state*')))}"
-    overrides: dict[str, Any] = {"state_dir": str(state), "model_dirs": [str(d) for d in dirs]}
-    if budget is not None:
-        overrides["memory_budget"] = budget
-    engine = Engine(load_settings(overrides=overrides))
-    try:
-        request = TaskRequest("generation", str(root), prompt="a kite", params={**PARAMS, **params})
-        return engine.run(request)
-    finally:
-        engine.close()
+    model_dirs = [str(d) for d in dirs]
+    result: TaskResult = run_generation(
+        root, {**PARAMS, **params}, budget=budget, state_dir=str(state), model_dirs=model_dirs
+    )
+    return result
 
 
 def _same_image(a: TaskResult, b: TaskResult) -> bool:

@@ -19,10 +19,9 @@ from edged.config import load_settings
 from edged.engine import Engine
 from edged.errors import MemoryBudgetExceeded
 from edged.graph.split import split_model
-from edged.tasks.base import TaskRequest
 from edged.tasks.generation import stage_needs
-from edged.tasks.generation.staged import clear_embedding_cache
 from edged.testing import make_tiny_sd_dir
+from edged.testing.generation import run_generation
 
 PARAMS = {"width": 64, "height": 64, "seed": 4, "decoder_tile": 0}
 
@@ -38,14 +37,7 @@ def parted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(budget: int | None, root: Path, **params: object) -> object:
-    clear_embedding_cache()
-    overrides = {} if budget is None else {"memory_budget": budget}
-    engine = Engine(load_settings(overrides=overrides))
-    try:
-        request = TaskRequest("generation", str(root), prompt="a kite", params={**PARAMS, **params})
-        return engine.run(request)
-    finally:
-        engine.close()
+    return run_generation(root, {**PARAMS, **params}, budget=budget)
 
 
 def _needs(root: Path) -> dict[str, int]:

@@ -27,6 +27,7 @@ from edged.tasks.generation.progress import ProgressLine
 from edged.tasks.generation.staged import clear_embedding_cache
 from edged.testing import make_tiny_sd_dir
 from edged.testing.daemon import Collector, Daemon, config_toml
+from edged.testing.generation import run_generation
 from edged.testing.sdxl import make_tiny_sdxl_dir
 from edged.wire.client import Client
 
@@ -46,14 +47,7 @@ def parted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(budget: int | None, root: Path, **params: object) -> object:
-    clear_embedding_cache()
-    overrides = {} if budget is None else {"memory_budget": budget}
-    engine = Engine(load_settings(overrides=overrides))
-    try:
-        request = TaskRequest("generation", str(root), prompt="a kite", params={**PARAMS, **params})
-        return engine.run(request)
-    finally:
-        engine.close()
+    return run_generation(root, {**PARAMS, **params}, budget=budget)
 
 
 @pytest.mark.parametrize("steps", [1, 3])

@@ -352,3 +352,24 @@ def make_tiny_lora(
             tensors[f"{key}.lora_up.weight"] = u
             tensors[f"{key}.alpha"] = np.array(float(rank), np.float32)
     return write_safetensors(path, tensors)
+
+
+def run_generation(
+    root: Path, params: dict[str, Any], *, budget: int | None = None, **overrides: Any
+) -> Any:
+    """One generation of ``root`` (prompt "a kite") on a fresh Engine with these settings
+    overrides (``budget`` -> memory_budget), the prompt-embedding cache cleared first so every
+    run encodes its prompt; the engine is closed after. Returns the ``TaskResult``."""
+    from edged.config import load_settings
+    from edged.engine import Engine
+    from edged.tasks.base import TaskRequest
+    from edged.tasks.generation.staged import clear_embedding_cache
+
+    clear_embedding_cache()
+    if budget is not None:
+        overrides["memory_budget"] = budget
+    engine = Engine(load_settings(overrides=overrides))
+    try:
+        return engine.run(TaskRequest("generation", str(root), prompt="a kite", params=params))
+    finally:
+        engine.close()
