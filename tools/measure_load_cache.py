@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edged.runtime.base import file_sha256
 from edged.testing import shared_models_dir
+from edged.util.digest import file_sha256
 
 _CHILD = """
 import json, sys, time

@@ -245,6 +245,6 @@ def _node_count(unet: Path) -> int:
     """Nodes of the UNet graph (a split has at most this many parts); cheap: no weights."""
     try:
         import onnx
-    except ImportError:  # pragma: no cover - onnx ships with the quantize/tools extras
+    except ImportError:  # pragma: no cover - onnx ships with the quantize/convert/dev extras
         return MAX_PARTS
     return len(onnx.load(str(unet), load_external_data=False).graph.node)
