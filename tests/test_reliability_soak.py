@@ -21,7 +21,8 @@ JOBS = 180
 
 @pytest.fixture
 def daemon(tmp_path: Path, shared_models: Path) -> LiveDaemon:
-    return soak_daemon(tmp_path / "sk", [shared_models], budget=24_000_000)
+    # The budget is measured here (largest model's load peak x 1.06), not an x86 figure.
+    return soak_daemon(tmp_path / "sk", [shared_models])
 
 
 def test_mixed_jobs_with_model_swapping_lose_nothing_and_do_not_leak(

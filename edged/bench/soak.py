@@ -136,6 +136,36 @@ def prepare_models(root: Path) -> tuple[Path, Path]:
     return models, catalog
 
 
+SWAP_MARGIN = 1.06
+"""Budget = the largest model's load peak measured here x this: each fits alone, the mix not."""
+
+
+def swap_budget(model_dirs: list[Path], models: Path, catalog: Path, state: Path) -> int:
+    """A budget that forces swapping on this machine, from costs measured here, in-process.
+
+    A fixed figure assumed x86's costs: 24 MB was the selfie model's 22.7 MB load peak there,
+    while edged_sr_x2 alone needed 44 MB on aarch64.
+    """
+    from edged.config import Settings
+    from edged.engine import Engine
+    from edged.pool.model_pool import ModelPool
+    from edged.tasks.base import TaskRequest
+
+    settings = Settings(
+        model_dirs=[*model_dirs, models], catalog_dirs=[catalog], threads=1, state_dir=state
+    )
+    engine = Engine(settings, pool=ModelPool(1 << 32))
+    try:
+        rng = np.random.default_rng(0)
+        for kind in MIX:
+            task, kwargs, _ = _job(kind, rng)
+            engine.run(TaskRequest(task, **kwargs))
+        peaks = [int(m["peak_bytes"]) for m in engine.pool.stats()["models"]]
+    finally:
+        engine.close()
+    return int(max(peaks) * SWAP_MARGIN)
+
+
 def soak_config_toml(work: Path, model_dirs: list[Path], catalog: Path, budget: int) -> str:
     top = {
         **work_dirs(work),
@@ -321,7 +351,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_common(parser)
     parser.add_argument("--jobs", type=int, default=2000, help="jobs to run")
     parser.add_argument(
-        "--budget", type=int, default=24_000_000, help="pool budget, bytes (forces swapping)"
+        "--budget",
+        type=int,
+        default=None,
+        help="pool budget, bytes (default: the largest model's load peak measured here x "
+        f"{SWAP_MARGIN}: forces swapping)",
     )
     parser.add_argument("--clients", type=int, default=3, help="concurrent client threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -330,8 +364,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=_handler)
 
 
-def soak_daemon(work: Path, model_dirs: list[Path], budget: int) -> LiveDaemon:
+def soak_daemon(work: Path, model_dirs: list[Path], budget: int | None = None) -> LiveDaemon:
+    """The daemon under soak; without ``budget``, one that forces swapping (``swap_budget``)."""
     models, catalog = prepare_models(work / "gen")
+    if budget is None:
+        budget = swap_budget(model_dirs, models, catalog, work / "measure")
     toml = soak_config_toml(work / "d", [*model_dirs, models], catalog, budget)
     return LiveDaemon(work / "d", toml)
 
