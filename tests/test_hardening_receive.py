@@ -271,3 +271,35 @@ def test_a_reply_over_the_reply_limit_is_too_large_not_lost(tmp_path: Path) -> N
     assert answers["raw"]["error"]["code"] == "too_large"
     assert "reply limit" in answers["raw"]["error"]["message"]
     assert answers["png"]["ok"] is True
+
+
+def test_the_receiver_dies_with_a_killed_daemon_so_a_restart_binds_at_once(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the daemon must not leave its receiver holding the request socket: the
+    next daemon (started right away, as the inbox recovery path and supervisors do) binds."""
+    import os
+    import signal
+
+    config = tmp_path / "edged.toml"
+    config.write_text(config_toml({"log_format": "json", "memory_budget": "1G"}))
+    # Two work dirs (each its notify socket); one runtime dir (EDGED_RUNTIME_DIR): one endpoint.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Daemon(config, tmp_path / "a").start()
+    try:
+        with Client(first.requests_endpoint, timeout_s=20) as client:
+            receiver_pid = client.stats()["server"]["receiver"]["pid"]
+        assert first.proc is not None
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        with (
+            Daemon(config, tmp_path / "b") as second,
+            Client(second.requests_endpoint, timeout_s=20) as client,
+        ):
+            assert second.requests_endpoint == first.requests_endpoint
+            assert client.ping()["version"]
+        status = Path(f"/proc/{receiver_pid}/status")  # gone, or a zombie nobody reaped yet
+        assert not status.exists() or "zombie" in status.read_text()
+    finally:
+        first.stop()

@@ -254,8 +254,33 @@ class Receiver:
         self._relay([*envelope, *Reply.from_error(error).to_frames(rid)])
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when the daemon dies, kill -9 included.
+
+    An orphan polling ``getppid()`` keeps the public socket for up to a poll period after
+    the daemon died, and a daemon restarted at once (the kill -9 recovery path, a supervisor
+    without cgroup kill) then finds it "already listening" and exits. The polling stays as
+    the fallback for a kernel or seccomp filter without prctl. (The signal follows the
+    spawning thread: the daemon's request-server thread, which lives as long as it does.)
+    """
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError) as exc:
+        log.warning("receiver_pdeathsig_not_set", error=str(exc))
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 def main() -> int:
     config = ReceiverConfig.model_validate_json(sys.stdin.buffer.read())
+    _die_with_parent(config.parent_pid)
     configure_logging(config.log_level, config.log_format)  # type: ignore[arg-type]
     receiver = Receiver(config)
     try:
