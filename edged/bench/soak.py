@@ -141,16 +141,35 @@ SWAP_MARGIN = 1.06
 
 
 def swap_budget(model_dirs: list[Path], models: Path, catalog: Path, state: Path) -> int:
-    """A budget that forces swapping on this machine, from costs measured here, in-process.
+    """A budget that forces swapping on this machine, from costs measured here.
 
     A fixed figure assumed x86's costs: 24 MB was the selfie model's 22.7 MB load peak there,
-    while edged_sr_x2 alone needed 44 MB on aarch64.
+    while edged_sr_x2 alone needed 44 MB on aarch64. Measured in a fresh interpreter, as the
+    daemon will load them: a process that already loaded a runtime once (a test process)
+    measures its libraries as free and reads less than half.
     """
+    import json
+    import subprocess
+    import sys
+
+    code = "import sys; from edged.bench.soak import _peak_bytes; print(_peak_bytes(sys.argv[1]))"
+    args = json.dumps([[str(d) for d in model_dirs], str(models), str(catalog), str(state)])
+    out = subprocess.run(
+        [sys.executable, "-c", code, args], capture_output=True, text=True, check=True
+    )
+    return int(int(out.stdout.strip().splitlines()[-1]) * SWAP_MARGIN)
+
+
+def _peak_bytes(args: str) -> int:
+    """The largest load peak of the soak's models, each loaded and run once in this process."""
+    import json
+
     from edged.config import Settings
     from edged.engine import Engine
     from edged.pool.model_pool import ModelPool
     from edged.tasks.base import TaskRequest
 
+    model_dirs, models, catalog, state = json.loads(args)
     settings = Settings(
         model_dirs=[*model_dirs, models], catalog_dirs=[catalog], threads=1, state_dir=state
     )
@@ -160,10 +179,9 @@ def swap_budget(model_dirs: list[Path], models: Path, catalog: Path, state: Path
         for kind in MIX:
             task, kwargs, _ = _job(kind, rng)
             engine.run(TaskRequest(task, **kwargs))
-        peaks = [int(m["peak_bytes"]) for m in engine.pool.stats()["models"]]
+        return max(int(m["peak_bytes"]) for m in engine.pool.stats()["models"])
     finally:
         engine.close()
-    return int(max(peaks) * SWAP_MARGIN)
 
 
 def soak_config_toml(work: Path, model_dirs: list[Path], catalog: Path, budget: int) -> str:
