@@ -54,7 +54,7 @@ class ZmqSettings(StrictModel):
         default="process",
         description="process: a memory-limited child process receives requests, so a "
         "many-frame message costs the daemon nothing (docs/reliability.md); inline: the "
-        "daemon receives them itself (debugging).",
+        "daemon receives them itself: ~0.2-1 ms less per request, for trusted clients only.",
     )
     hwm: int = Field(default=100, gt=0, description="Send/receive high-water mark per socket.")
     linger_ms: int = Field(default=200, ge=0, description="How long close() may flush.")
