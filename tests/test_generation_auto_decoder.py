@@ -144,3 +144,25 @@ def test_auto_never_takes_a_tiny_decoder_of_other_latents(tmp_path: Path) -> Non
         assert choose_decoder(residency, model, engine).name == "taesdxl"
     finally:
         engine.close()
+
+
+def test_a_tiny_decoder_of_another_family_is_named_not_misread(
+    tmp_path: Path, shared_models: Path
+) -> None:
+    """VAElight copied into vae_decoder_tiny/ without config.json is read as TAESD: its first
+    output is 1x, so tile blending failed with a numpy broadcast error. The decode now says
+    what to write; with the family named, the same dir decodes."""
+    from edged.errors import ModelLoadError
+
+    root = make_tiny_sd_dir(tmp_path / "sd")
+    tiny = root / "vae_decoder_tiny"
+    tiny.mkdir()
+    shutil.copy(shared_models / "vaelight_decoder.onnx", tiny / "model.onnx")
+    with pytest.raises(
+        ModelLoadError, match=r'config\.json, e\.g\. \{"edged_decoder": "vaelight"\}'
+    ):
+        _run(tmp_path, root, None, decoder="tiny")
+    (tiny / "config.json").write_text('{"edged_decoder": "vaelight"}')
+    result = _run(tmp_path, root, None, decoder="tiny")
+    assert result.outputs["image"].shape == (SIZE, SIZE, 3)
+    assert result.meta["decoder"] == "tiny"

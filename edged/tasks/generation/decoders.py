@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from edged.errors import BadRequest, LicenceNotAllowed, ModelNotFound
+from edged.errors import BadRequest, LicenceNotAllowed, ModelLoadError, ModelNotFound
 from edged.models.catalog import check_licence
 from edged.runtime.base import Session
 
@@ -187,8 +187,23 @@ def decode(session: Session, family: DecoderFamily, latents: F32, scaling: float
     outputs = session.run({session.inputs[0].name: x.astype(np.float32)})
     arrays = [np.asarray(outputs[o.name], dtype=np.float32) for o in session.outputs]
     image = arrays[0] if family.combine == "first" else _sum_resized(arrays)
+    _check_upscale(family, latents.shape, image.shape)
     lo, hi = family.output_range
     return np.asarray(np.clip((image - lo) / (hi - lo), 0.0, 1.0), dtype=np.float32)
+
+
+def _check_upscale(family: DecoderFamily, latent: tuple[int, ...], image: tuple[int, ...]) -> None:
+    """A decoder of another family than assumed (a VAElight copied into ``vae_decoder_tiny/``
+    read as TAESD) makes the wrong size: say so, and how to name it, instead of failing later
+    in tile blending."""
+    want = (latent[-2] * 8, latent[-1] * 8)
+    if tuple(image[-2:]) != want:
+        raise ModelLoadError(
+            f"decoder {family.name} made {image[-2]}x{image[-1]} from {latent[-2]}x{latent[-1]} "
+            f"latents, not {want[0]}x{want[1]}: if it is not {family.name}, name its family in "
+            f'{TINY_DIR}/config.json, e.g. {{"edged_decoder": "vaelight"}} '
+            f"(one of {', '.join(sorted(FAMILIES))})"
+        )
 
 
 def decode_tiled(
