@@ -54,7 +54,8 @@ class MemorySnapshot:
         }
 
 
-def _kb_fields(path: Path, names: tuple[str, ...]) -> dict[str, int]:
+def kb_fields(path: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """The ``kB`` fields ``names`` of a /proc status-style file, in bytes (missing ones left out)."""
     found: dict[str, int] = {}
     try:
         with path.open() as fh:
@@ -69,13 +70,13 @@ def _kb_fields(path: Path, names: tuple[str, ...]) -> dict[str, int]:
 
 def pss_bytes() -> int | None:
     """Proportional set size (shared pages split between sharers); None where unavailable."""
-    return _kb_fields(Path("/proc/self/smaps_rollup"), ("Pss",)).get("Pss")
+    return kb_fields(Path("/proc/self/smaps_rollup"), ("Pss",)).get("Pss")
 
 
 def snapshot(*, with_pss: bool = True) -> MemorySnapshot:
     """RSS, peak RSS (VmHWM), anonymous and file-backed RSS, and optionally PSS."""
     names = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
-    fields = _kb_fields(Path("/proc/self/status"), names)
+    fields = kb_fields(Path("/proc/self/status"), names)
     rss = fields.get("VmRSS") or rss_bytes()
     return MemorySnapshot(
         rss=rss,

@@ -77,10 +77,9 @@ def daemon_toml(work: Path, model_dirs: list[Path], budget: str, video: Path) ->
 
 def proc_status(pid: int, key: str) -> int:
     """A ``kB`` field of ``/proc/PID/status`` in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
+    from edged.memory import kb_fields
+
+    return kb_fields(Path(f"/proc/{pid}/status"), (key,))[key]
 
 
 def proc_cpu_s(pid: int) -> float:

@@ -85,11 +85,14 @@ def memory_headroom(limits: ReceiveLimits) -> int:
 
 
 def _vm_data() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmData in /proc/self/status")
+    from pathlib import Path
+
+    from edged.memory import kb_fields
+
+    found = kb_fields(Path("/proc/self/status"), ("VmData",))
+    if "VmData" not in found:
+        raise OSError("no VmData in /proc/self/status")
+    return found["VmData"]
 
 
 def _cap_memory(headroom: int) -> int | None:
